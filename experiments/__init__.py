@@ -1,0 +1,1 @@
+"""Scripted experiments that reproduce classic CNN results (configs in ``configs/``)."""

@@ -1,0 +1,127 @@
+"""The ``jaxcnn`` command: ``train``, ``eval`` (and more subcommands as the library grows).
+
+Configs follow the Flax examples: ``--config FILE`` names a Python file with ``get_config()``,
+and ``--config.KEY=VALUE`` overrides any key. The common keys have their own options
+(``--model``, ``--epochs``...), which win over the config file. Every input error is one line
+on stderr and exit code 2, before anything is compiled or written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jaxcnn.errors import JaxCNNError
+
+# Options that set a config key of the same name (dashes become underscores).
+CONFIG_OPTIONS = {
+    "--model": (str, "model name (see `jaxcnn models`)"),
+    "--dataset": (str, "TFDS dataset name; 'digits' is offline"),
+    "--epochs": (int, "total number of epochs (with --resume: the new total)"),
+    "--batch-size": (int, "training batch size"),
+    "--lr": (float, "learning rate"),
+    "--seed": (int, "random seed of initialisation, data order and dropout"),
+    "--data-dir": (str, "TFDS data directory"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxcnn", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model (default: LeNet-5 on the offline digits)",
+                                epilog="Any config key: --config.KEY=VALUE")
+    for flag, (kind, text) in CONFIG_OPTIONS.items():
+        train.add_argument(flag, type=kind, default=None, help=text)
+    train.add_argument("--config", dest="config_file", default=None,
+                       help="Python file defining get_config() (ml_collections)")
+    train.add_argument("--workdir", default=None,
+                       help="run directory (default: a new timestamped folder under runs/)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --workdir from its latest checkpoint")
+
+    evaluate = commands.add_parser("eval", help="evaluate a run's latest checkpoint")
+    evaluate.add_argument("--workdir", required=True, help="the run directory")
+    evaluate.add_argument("--split", default="test", help="dataset split (default: test)")
+
+    commands.add_parser("models", help="list the registered models")
+    return parser
+
+
+def split_config_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Separates ``--config.KEY=VALUE`` / ``--config.KEY VALUE`` from the other arguments."""
+    rest, overrides = [], {}
+    args = iter(argv)
+    for arg in args:
+        if arg.startswith("--config."):
+            key, sep, value = arg[len("--config."):].partition("=")
+            if not sep:
+                value = next(args, None)
+                if value is None:
+                    raise JaxCNNError(f"--config.{key} needs a value: --config.{key}=VALUE")
+            overrides[key] = value
+        else:
+            rest.append(arg)
+    return rest, overrides
+
+
+def run_train(args: argparse.Namespace, overrides: dict[str, str]) -> None:
+    from jaxcnn.configs.loading import apply_overrides, load_config
+    from jaxcnn.train import loop, rundir
+
+    if args.resume and not args.workdir:
+        raise JaxCNNError("--resume needs --workdir DIR, the run to continue")
+    if args.resume:
+        if args.config_file:
+            raise JaxCNNError("--resume continues the stored config; drop --config FILE "
+                              "(override single keys with --config.KEY=VALUE)")
+        config = rundir.read_run_config(args.workdir)
+    else:
+        config = load_config(args.config_file)
+    apply_overrides(config, overrides)
+    for flag in CONFIG_OPTIONS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            apply_overrides(config, {flag[2:].replace("-", "_"): value})
+    run = loop.prepare(config, args.workdir, resume=args.resume)
+    print(f"training {config.model} on {config.dataset} for {config.epochs} epochs; "
+          f"workdir {run.workdir}", flush=True)
+    records = loop.fit(run)
+    if records:
+        last = records[-1]
+        print(f"done: test accuracy {100 * last['test_accuracy']:.2f}% after epoch "
+              f"{last['epoch']}; run in {run.workdir}")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from jaxcnn.train import loop
+
+    print(json.dumps(loop.evaluate_run(args.workdir, args.split)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    try:
+        rest, overrides = split_config_overrides(argv)
+        args = parser.parse_args(rest)
+        if overrides and args.command != "train":
+            raise JaxCNNError(f"--config.KEY=VALUE applies to `jaxcnn train`, not `{args.command}`")
+        if args.command == "train":
+            run_train(args, overrides)
+        elif args.command == "eval":
+            run_eval(args)
+        elif args.command == "models":
+            from jaxcnn.models import list_models, model_info
+
+            for name in list_models():
+                info = model_info(name)
+                print(f"{name:16s} {'x'.join(map(str, info.input_shape)):>10s}  {info.paper}")
+    except JaxCNNError as err:
+        print(f"jaxcnn: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

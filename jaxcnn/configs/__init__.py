@@ -1,0 +1,1 @@
+"""Configs as code: ``get_config()`` returning an ``ml_collections.ConfigDict``."""

@@ -1,0 +1,27 @@
+"""The default run: LeNet-5 on the offline digits, Adam with the paper's hyper-parameters.
+
+Any key can be overridden on the command line as ``--config.KEY=VALUE``; a config file
+(``--config FILE``) defines ``get_config()`` and starts from this one or writes its own.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model = "lenet5"
+    config.dataset = "digits"
+    config.data_dir = ""          # TFDS data directory; "" means TFDS's default
+    config.num_classes = 0        # 0: the dataset's class count
+    config.epochs = 15
+    config.batch_size = 32
+    config.eval_batch_size = 256
+    config.seed = 0
+    config.optimizer = "adam"     # adam | sgd | adadelta
+    config.lr = 1e-3
+    config.schedule = "cosine"    # cosine: lr decays to 0 over the run; constant: classic Adam
+    config.b1 = 0.9
+    config.b2 = 0.999
+    config.eps = 1e-8
+    config.momentum = 0.9         # sgd only
+    config.checkpoint_keep = 3    # newest checkpoints kept in the run's checkpoints/
+    return config

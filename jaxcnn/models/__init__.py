@@ -1,0 +1,9 @@
+"""Classic CNNs as pure-function Flax Linen modules, and the registry that names them.
+
+Every model has the call ``model.apply(variables, x, train=False)`` on NHWC images and returns
+logits. ``get_model(name, num_classes=...)`` builds one, ``list_models()`` names them all and
+``model_info(name)`` gives the paper, default input shape and published parameter count.
+"""
+from jaxcnn.models.registry import ModelInfo, get_model, list_models, model_info, register
+
+__all__ = ["ModelInfo", "get_model", "list_models", "model_info", "register"]

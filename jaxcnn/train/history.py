@@ -1,0 +1,68 @@
+"""A run's record: ``history.json`` (one record per epoch), ``curves.png`` and TensorBoard."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+CURVE_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
+
+
+def read_history(workdir: str | pathlib.Path) -> list[dict]:
+    path = pathlib.Path(workdir) / "history.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def write_history(workdir: str | pathlib.Path, records: list[dict]) -> None:
+    """Writes the records atomically (a temporary file renamed over the old one)."""
+    path = pathlib.Path(workdir) / "history.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(records, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def plot_curves(workdir: str | pathlib.Path, records: list[dict], title: str = "") -> pathlib.Path:
+    """Draws loss and accuracy against epoch, train and test, into ``curves.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in records]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-"), ("test", "--")):
+        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in records], style, marker="o",
+                     label=split)
+        ax_acc.plot(epochs, [100 * r[f"{split}_accuracy"] for r in records], style, marker="o",
+                    label=split)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = pathlib.Path(workdir) / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+class TensorBoardWriter:
+    """Scalars per epoch into TensorBoard event files in the workdir (via ``tf.summary``)."""
+
+    def __init__(self, workdir: str | pathlib.Path):
+        import tensorflow as tf
+
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(str(workdir))
+
+    def write(self, record: dict) -> None:
+        with self._writer.as_default():
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self._tf.summary.scalar(key, value, step=record["epoch"])
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()

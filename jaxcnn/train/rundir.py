@@ -1,0 +1,68 @@
+"""The run directory: where a run lives, what it holds, and the checks before touching it.
+
+A run directory holds ``config.json``, ``history.json``, ``curves.png``, TensorBoard event
+files and ``checkpoints/``. Every check here runs before anything is written, so a refused
+command leaves the directory exactly as it was.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+
+import ml_collections
+
+from jaxcnn.errors import RunDirError
+
+# Keys that define what a run is; a resumed run must agree with the stored config on them.
+IDENTITY_KEYS = ("model", "dataset", "num_classes", "optimizer", "schedule")
+
+
+def default_workdir(config: ml_collections.ConfigDict, root: str = "runs") -> pathlib.Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return pathlib.Path(root) / f"{stamp}-{config.model}-{config.dataset}"
+
+
+def read_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The config stored in a run directory; raises :class:`RunDirError` if it is not a run."""
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.is_file():
+        raise RunDirError(f"{workdir} is not a jaxcnn run (it has no config.json); "
+                          "pass the workdir of a `jaxcnn train` run")
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except json.JSONDecodeError as err:
+        raise RunDirError(f"{path} is not valid JSON ({err}); the run directory is damaged") from err
+
+
+def check_new_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """A fresh run may go into a missing or empty directory only."""
+    if (workdir / "config.json").is_file():
+        stored = read_run_config(workdir)
+        if stored.get("model") != config.model:
+            raise RunDirError(
+                f"{workdir} holds a run of model {stored.get('model')!r}, not {config.model!r}; "
+                "choose another --workdir")
+        raise RunDirError(f"{workdir} already holds a run of {config.model!r}; pass --resume to "
+                          "continue it, or choose another --workdir")
+    if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+        raise RunDirError(f"{workdir} exists and is not an empty directory nor a jaxcnn run; "
+                          "choose another --workdir")
+
+
+def check_resume(workdir: pathlib.Path, stored: ml_collections.ConfigDict,
+                 config: ml_collections.ConfigDict) -> None:
+    """A resumed run must be the same model, data and optimizer as the stored one."""
+    for key in IDENTITY_KEYS:
+        if stored.get(key) != config.get(key):
+            raise RunDirError(
+                f"{workdir} holds a run with {key}={stored.get(key)!r}, but this command asks "
+                f"for {key}={config.get(key)!r}; drop the option to resume it, or start a new "
+                "run in another --workdir")
+
+
+def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = workdir / "config.json.tmp"
+    tmp.write_text(config.to_json(indent=1) + "\n")
+    tmp.replace(workdir / "config.json")

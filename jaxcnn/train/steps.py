@@ -1,0 +1,78 @@
+"""The pure train and eval steps, the loss, and metrics as sums and counts.
+
+Steps are functions of ``(state, batch)`` that know nothing of devices; ``jax.jit`` (or a
+parallel wrapper) compiles them. Metrics are returned as sums over the batch (``loss_sum``,
+``correct``, ``top5_correct``) and a ``count``, masked where a batch carries padding, so an
+epoch's or a split's metric is exact: add the sums, divide once at the end.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxcnn.train.state import TrainState, variables_of
+
+AUX_LOSS_WEIGHT = 0.3  # GoogLeNet's auxiliary classifiers (Szegedy et al. 2014, section 5)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy on integer labels, in float32."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def metric_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> dict:
+    """Sums of loss, correct top-1 (and top-5 where there are more than 5 classes), count."""
+    if mask is None:
+        mask = jnp.ones(labels.shape, jnp.float32)
+    losses = cross_entropy(logits, labels)
+    sums = {
+        "loss_sum": jnp.sum(losses * mask),
+        "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+        "count": jnp.sum(mask),
+    }
+    if logits.shape[-1] > 5:
+        top5 = jax.lax.top_k(logits, 5)[1]
+        sums["top5_correct"] = jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask)
+    return sums
+
+
+def summarize(sums: dict) -> dict:
+    """Turns summed metrics into means: loss, accuracy, top5_accuracy, num_examples."""
+    count = float(sums["count"])
+    out = {"loss": float(sums["loss_sum"]) / count,
+           "accuracy": float(sums["correct"]) / count,
+           "num_examples": int(round(count))}
+    if "top5_correct" in sums:
+        out["top5_accuracy"] = float(sums["top5_correct"]) / count
+    return out
+
+
+def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    """One optimizer step on ``batch`` (``image`` NHWC float, ``label`` int); returns sums."""
+    dropout_key = jax.random.fold_in(state.rng, state.step)
+    has_stats = bool(state.batch_stats)
+
+    def loss_fn(params):
+        variables = {"params": params}
+        if has_stats:
+            variables["batch_stats"] = state.batch_stats
+        outputs = state.apply_fn(variables, batch["image"], train=True,
+                                 rngs={"dropout": dropout_key},
+                                 mutable=["batch_stats"] if has_stats else False)
+        outputs, new_vars = outputs if has_stats else (outputs, {})
+        logits, aux = (outputs[0], outputs[1:]) if isinstance(outputs, tuple) else (outputs, ())
+        loss = jnp.mean(cross_entropy(logits, batch["label"]))
+        for aux_logits in aux:
+            loss += AUX_LOSS_WEIGHT * jnp.mean(cross_entropy(aux_logits, batch["label"]))
+        return loss, (logits, new_vars.get("batch_stats", state.batch_stats))
+
+    grads, (logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads, batch_stats)
+    return new_state, metric_sums(logits, batch["label"])
+
+
+def eval_step(state: TrainState, batch: dict) -> dict:
+    """Metric sums of the model in eval mode on ``batch``, honouring its ``mask``."""
+    logits = state.apply_fn(variables_of(state), batch["image"], train=False)
+    return metric_sums(logits, batch["label"], batch.get("mask"))

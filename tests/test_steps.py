@@ -1,0 +1,84 @@
+"""The pure train/eval steps and exact, masked metrics."""
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcnn.models import get_model
+from jaxcnn.train import create_train_state, eval_step, metric_sums, summarize, train_step
+from jaxcnn.train.loop import evaluate
+
+
+def test_metric_sums_match_hand_computed_example():
+    # softmax([0, ln 3]) = [1/4, 3/4]; softmax([0, 0]) = [1/2, 1/2].
+    logits = jnp.array([[0.0, math.log(3)], [math.log(3), 0.0], [0.0, 0.0]])
+    labels = jnp.array([1, 1, 0])
+    sums = metric_sums(logits, labels)
+    assert float(sums["loss_sum"]) == pytest.approx(-math.log(0.75) - math.log(0.25) - math.log(0.5))
+    assert float(sums["correct"]) == 2  # row 1 is wrong; the tie in row 2 goes to class 0
+    assert float(sums["count"]) == 3
+    assert "top5_correct" not in sums  # two classes: top-5 means nothing
+
+    masked = metric_sums(logits, labels, jnp.array([1.0, 1.0, 0.0]))
+    assert float(masked["loss_sum"]) == pytest.approx(math.log(16 / 3))
+    assert float(masked["correct"]) == 1
+    assert summarize(masked) == pytest.approx(
+        {"loss": math.log(16 / 3) / 2, "accuracy": 0.5, "num_examples": 2})
+
+
+def test_top5_counts_labels_among_the_five_largest_logits():
+    logits = jnp.array([[6.0, 5, 4, 3, 2, 1, 0], [6.0, 5, 4, 3, 2, 1, 0]])
+    sums = metric_sums(logits, jnp.array([4, 5]))  # rank 5 is in the top 5, rank 6 is not
+    assert float(sums["top5_correct"]) == 1
+    assert float(sums["correct"]) == 0
+
+
+class Linear(nn.Module):
+    num_classes: int = 3
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+
+
+def test_eval_counts_a_final_uneven_batch_exactly():
+    state = create_train_state(Linear(), (2, 2, 1), optax.adam(1e-3), seed=0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 2, 2, 1), dtype=np.uint8)
+    labels = rng.integers(0, 3, 10).astype(np.int32)
+    metrics = evaluate(state, images, labels, batch_size=4)  # batches of 4, 4 and 2 (+2 padding)
+    full = summarize(eval_step(state, {"image": images.astype(np.float32) / 255, "label": labels}))
+    assert metrics["num_examples"] == 10
+    assert metrics["loss"] == pytest.approx(full["loss"], rel=1e-6)
+    assert metrics["accuracy"] == full["accuracy"]
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch():
+    model = get_model("lenet5", num_classes=10)
+    state = create_train_state(model, (28, 28, 1), optax.adam(3e-3), seed=0)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.random((32, 28, 28, 1), dtype=np.float32),
+             "label": rng.integers(0, 10, 32).astype(np.int32)}
+    step = jax.jit(train_step)
+    losses = []
+    for _ in range(50):
+        state, sums = step(state, batch)
+        losses.append(float(sums["loss_sum"]) / 32)
+    assert int(state.step) == 50
+    assert losses[-1] < 0.2 * losses[0], losses  # 32 random images get memorised
+
+
+def test_train_step_is_deterministic():
+    model = get_model("lenet5")
+    batch = {"image": np.ones((4, 28, 28, 1), np.float32), "label": np.arange(4, dtype=np.int32)}
+    results = []
+    for _ in range(2):
+        state = create_train_state(model, (28, 28, 1), optax.adam(1e-3), seed=3)
+        state, _ = jax.jit(train_step)(state, batch)
+        results.append(jax.tree.leaves(state.params))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
