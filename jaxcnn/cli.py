@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from jaxcnn.errors import JaxCNNError
+from jaxcnn.errors import DivergedError, JaxCNNError
 
 # Options that set a config key of the same name (dashes become underscores).
 CONFIG_OPTIONS = {
@@ -45,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="dataset split (default: test)")
 
     commands.add_parser("models", help="list the registered models")
+
+    predict = commands.add_parser("predict", help="top-5 classes of image files by a run's model")
+    predict.add_argument("--workdir", required=True, help="the run directory")
+    predict.add_argument("images", nargs="+", help="PNG or JPEG files")
+
+    summary = commands.add_parser("summary", help="layers, shapes, parameters and MACs of a model")
+    summary.add_argument("name", help="registered model name")
+    summary.add_argument("--input-shape", default=None, help="H,W,C (default: the model's own)")
+    summary.add_argument("--num-classes", type=int, default=None)
+    summary.add_argument("--depth", type=int, default=None, help="hide modules nested deeper")
     return parser
 
 
@@ -86,9 +96,9 @@ def run_train(args: argparse.Namespace, overrides: dict[str, str]) -> None:
     run = loop.prepare(config, args.workdir, resume=args.resume)
     print(f"training {config.model} on {config.dataset} for {config.epochs} epochs; "
           f"workdir {run.workdir}", flush=True)
-    records = loop.fit(run)
-    if records:
-        last = records[-1]
+    outcome = loop.fit(run)
+    if outcome.records and not outcome.stopped_by:
+        last = outcome.records[-1]
         print(f"done: test accuracy {100 * last['test_accuracy']:.2f}% after epoch "
               f"{last['epoch']}; run in {run.workdir}")
 
@@ -97,6 +107,21 @@ def run_eval(args: argparse.Namespace) -> None:
     from jaxcnn.train import loop
 
     print(json.dumps(loop.evaluate_run(args.workdir, args.split)))
+
+
+def run_summary(args: argparse.Namespace) -> None:
+    from jaxcnn.models.summary import format_summary, summarize
+
+    shape = None
+    if args.input_shape:
+        try:
+            shape = tuple(int(v) for v in args.input_shape.split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) != 3 or min(shape) < 1:
+            raise JaxCNNError(f"--input-shape takes H,W,C (three positive integers, e.g. "
+                              f"224,224,3), got {args.input_shape!r}")
+    print(format_summary(summarize(args.name, shape, args.num_classes), max_depth=args.depth))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
             run_train(args, overrides)
         elif args.command == "eval":
             run_eval(args)
+        elif args.command == "predict":
+            from jaxcnn.train.inference import predict_files
+
+            for result in predict_files(args.workdir, args.images):
+                tops = "  ".join(f"{name} {100 * p:.1f}%" for name, p in result["top"])
+                print(f"{result['file']}: {tops}")
+        elif args.command == "summary":
+            run_summary(args)
         elif args.command == "models":
             from jaxcnn.models import list_models, model_info
 
@@ -120,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except JaxCNNError as err:
         print(f"jaxcnn: error: {err}", file=sys.stderr)
         return 2
+    except DivergedError as err:
+        print(f"jaxcnn: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -33,3 +33,7 @@ def unknown(kind: str, value: str, known) -> UnknownNameError:
     """Builds the error for an unknown ``kind`` named ``value``, listing the known names."""
     names = ", ".join(sorted(known))
     return UnknownNameError(f"unknown {kind} {value!r}; known {kind}s: {names}")
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss or gradient norm (not a user-input error)."""

@@ -24,4 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eps = 1e-8
     config.momentum = 0.9         # sgd only
     config.checkpoint_keep = 3    # newest checkpoints kept in the run's checkpoints/
+    config.checkpoint_every_steps = 0  # also save every N steps (0: at epoch ends only)
+    config.best_metric = "test_accuracy"  # the best checkpoint (checkpoints/best) by this
+    config.nonfinite = "stop"     # stop | skip | ignore: a step with a NaN/inf loss or gradient
     return config

@@ -15,6 +15,7 @@ from jaxcnn.configs import default
 from jaxcnn.errors import ConfigError, unknown
 
 POSITIVE_INTS = ("epochs", "batch_size", "eval_batch_size")
+NONFINITE_POLICIES = ("stop", "skip", "ignore")
 
 
 def load_config(path: str | None = None) -> ml_collections.ConfigDict:
@@ -76,6 +77,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{key} must be a positive integer, got {config[key]}")
     if config.lr <= 0:
         raise ConfigError(f"lr must be positive, got {config.lr}")
+    if config.get("checkpoint_every_steps", 0) < 0:
+        raise ConfigError("checkpoint_every_steps must be >= 0 (0: epoch ends only), got "
+                          f"{config.checkpoint_every_steps}")
+    if config.get("checkpoint_keep", 1) < 1:
+        raise ConfigError(f"checkpoint_keep must be >= 1, got {config.checkpoint_keep}")
+    if config.get("nonfinite", "stop") not in NONFINITE_POLICIES:
+        raise unknown("nonfinite policy", config.nonfinite, NONFINITE_POLICIES)
     if config.num_classes < 0:
         raise ConfigError(f"num_classes must be >= 0 (0: the dataset's), got {config.num_classes}")
 

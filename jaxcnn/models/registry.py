@@ -84,3 +84,13 @@ def get_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Mo
     """Builds model ``name`` for ``num_classes`` classes (default: its registered count)."""
     info = model_info(name)
     return info.builder(num_classes=num_classes or info.num_classes, **kwargs)
+
+
+def get_model_for(name: str, image_shape, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    """:func:`get_model` for images of ``image_shape`` (H, W, C): models with an
+    ``in_channels`` field are built for C channels (e.g. VGG on grey digits)."""
+    info = model_info(name)
+    fields = getattr(info.builder, "func", info.builder).__dataclass_fields__
+    if "in_channels" in fields and "in_channels" not in kwargs:
+        kwargs["in_channels"] = int(image_shape[-1])
+    return get_model(name, num_classes=num_classes, **kwargs)

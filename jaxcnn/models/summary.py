@@ -28,7 +28,7 @@ import jax.extend as jex
 import jax.numpy as jnp
 
 from jaxcnn.errors import JaxCNNError
-from jaxcnn.models.registry import get_model, model_info
+from jaxcnn.models.registry import get_model_for, model_info
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +82,9 @@ def summarize(model_or_name: nn.Module | str, input_shape: tuple[int, ...] | Non
     """
     if isinstance(model_or_name, str):
         info = model_info(model_or_name)
-        model, name = get_model(model_or_name, num_classes=num_classes), model_or_name
         input_shape = tuple(input_shape or info.input_shape)
+        model = get_model_for(model_or_name, input_shape, num_classes=num_classes)
+        name = model_or_name
     else:
         model, name = model_or_name, type(model_or_name).__name__
         if num_classes is not None:

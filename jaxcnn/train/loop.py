@@ -1,12 +1,14 @@
-"""The fit loop: prepare (validate everything), then train epoch by epoch with checkpoints.
+"""The fit loop: prepare (validate everything), then train with checkpoints and evaluation.
 
 :func:`prepare` resolves and checks every user input (model, dataset, shapes, config values,
-the workdir) without compiling or writing anything; :func:`fit` then trains, and
-:func:`evaluate_run` measures a finished run's latest checkpoint on a split.
+the workdir) without compiling or writing anything; :func:`fit` then trains. A run can stop
+at any step and continue exactly: the data order is a function of (seed, epoch), dropout keys
+of (seed, step), and a checkpoint holds the state and the partial epoch's metric sums.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import sys
 import time
@@ -18,13 +20,15 @@ from tqdm.auto import tqdm
 
 from jaxcnn import data
 from jaxcnn.configs.loading import validate
-from jaxcnn.models import get_model, model_info
+from jaxcnn.errors import DivergedError
+from jaxcnn.models import get_model_for, model_info
 from jaxcnn.train import history as hist
 from jaxcnn.train import rundir
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.optim import make_optimizer
+from jaxcnn.train.signals import PreemptionGuard
 from jaxcnn.train.state import TrainState, create_train_state
-from jaxcnn.train.steps import eval_step, summarize, train_step
+from jaxcnn.train.steps import eval_step, metric_sums, summarize, train_step
 
 
 @dataclasses.dataclass
@@ -36,9 +40,14 @@ class Run:
     spec: data.DatasetSpec
     resume: bool
 
-    @property
-    def model(self):
-        return get_model(self.config.model, num_classes=self.config.num_classes)
+
+@dataclasses.dataclass
+class Outcome:
+    """What :func:`fit` did: the history, and the signal that stopped it early, if any."""
+
+    records: list
+    stopped_by: str | None = None
+    step: int = 0
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | None = None,
@@ -49,7 +58,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | None = None,
     spec = data.dataset_spec(config.dataset, config.data_dir or None)
     if not config.num_classes:
         config.num_classes = spec.num_classes
-    model = get_model(config.model, num_classes=config.num_classes)
+    model = get_model_for(config.model, spec.image_shape, num_classes=config.num_classes)
     data.steps_per_epoch(spec.split_size("train"), config.batch_size)
     # Tracing init checks the model against the dataset's image shape, with no compile.
     jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *spec.image_shape)))
@@ -62,10 +71,28 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | None = None,
 
 
 def new_state(config: ml_collections.ConfigDict, spec: data.DatasetSpec) -> TrainState:
-    model = get_model(config.model, num_classes=config.num_classes)
+    model = get_model_for(config.model, spec.image_shape, num_classes=config.num_classes)
     total_steps = config.epochs * data.steps_per_epoch(spec.split_size("train"), config.batch_size)
     return create_train_state(model, spec.image_shape, make_optimizer(config, total_steps),
                               config.seed)
+
+
+def zero_sums(num_classes: int) -> dict:
+    """Metric sums of nothing, with the structure :func:`metric_sums` returns."""
+    sums = metric_sums(jnp.zeros((1, num_classes)), jnp.zeros((1,), jnp.int32), jnp.zeros((1,)))
+    return jax.tree.map(jnp.zeros_like, sums)
+
+
+def checkpoint_tree(state: TrainState, epoch_sums: dict) -> dict:
+    return {**state.checkpoint_tree(), "epoch_sums": epoch_sums}
+
+
+def restore(checkpoints: Checkpoints, state: TrainState, num_classes: int,
+            best: bool = False) -> tuple[TrainState, dict]:
+    """The newest good (or best) checkpoint as ``(state, partial-epoch metric sums)``."""
+    tree, _ = checkpoints.restore(checkpoint_tree(state, zero_sums(num_classes)), best=best)
+    sums = tree.pop("epoch_sums")
+    return state.from_checkpoint_tree(tree), sums
 
 
 def evaluate(state: TrainState, images, labels, batch_size: int, step_fn=None) -> dict:
@@ -78,57 +105,98 @@ def evaluate(state: TrainState, images, labels, batch_size: int, step_fn=None) -
     return summarize(jax.device_get(totals))
 
 
-def fit(run: Run, log=print) -> list[dict]:
-    """Trains ``run`` to ``config.epochs`` epochs; returns the history records."""
+def check_finite(state: TrainState, config: ml_collections.ConfigDict,
+                 checkpoints: Checkpoints) -> None:
+    """Under the "stop" policy, raises :class:`DivergedError` once a step was non-finite."""
+    first = int(state.first_nonfinite_step)
+    if config.nonfinite == "stop" and first >= 0:
+        checkpoints.wait()
+        raise DivergedError(
+            f"non-finite loss or gradient norm at step {first + 1}: training stopped; the last "
+            f"good checkpoint is step {checkpoints.latest_step()} in {checkpoints.directory} "
+            "(lower the learning rate, or pass --config.nonfinite=skip to skip such steps)")
+
+
+def fit(run: Run, log=print) -> Outcome:
+    """Trains ``run`` to ``config.epochs`` epochs; returns the history and how it ended."""
     config, workdir = run.config, run.workdir
     train_images, train_labels = data.load_split(config.dataset, "train", config.data_dir or None)
     test_images, test_labels = data.load_split(config.dataset, "test", config.data_dir or None)
+    steps = data.steps_per_epoch(len(train_images), config.batch_size)
     state = new_state(config, run.spec)
+    sums = zero_sums(config.num_classes)
     workdir.mkdir(parents=True, exist_ok=True)
     rundir.write_config(workdir, config)
     checkpoints = Checkpoints(workdir, max_to_keep=config.checkpoint_keep)
-    start_epoch, records = 0, []
-    if run.resume:
-        state, start_epoch = checkpoints.restore(state)
-        records = [r for r in hist.read_history(workdir) if r["epoch"] <= start_epoch]
-        log(f"resumed {workdir} at epoch {start_epoch} (step {int(state.step)})")
-    if start_epoch >= config.epochs:
-        log(f"nothing to do: the run has {start_epoch} epochs, --epochs is {config.epochs}")
-        checkpoints.close()
-        return records
-
-    jit_train = jax.jit(train_step, donate_argnums=0)
+    records = []
+    if run.resume and checkpoints.latest_step() is None:
+        log(f"{workdir} has no checkpoint yet (it stopped before the first): starting at step 0")
+    elif run.resume:
+        state, sums = restore(checkpoints, state, config.num_classes)
+        records = [r for r in hist.read_history(workdir) if r["epoch"] <= int(state.step) // steps]
+        log(f"resumed {workdir} at step {int(state.step)} (epoch {int(state.step) // steps}, "
+            f"step {int(state.step) % steps} of {steps})")
+    best = max((r.get(config.best_metric, float("-inf")) for r in records), default=float("-inf"))
+    jit_train = jax.jit(functools.partial(train_step, nonfinite=config.nonfinite),
+                        donate_argnums=0)
     jit_eval = jax.jit(eval_step)
     add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
     writer = hist.TensorBoardWriter(workdir)
-    steps = data.steps_per_epoch(len(train_images), config.batch_size)
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        began = time.perf_counter()
-        totals = None
-        batches = data.train_batches(train_images, train_labels, config.batch_size,
-                                     config.seed, epoch)
-        for batch in tqdm(batches, total=steps, desc=f"epoch {epoch}/{config.epochs}",
-                          leave=False, file=sys.stderr, dynamic_ncols=True):
-            state, sums = jit_train(state, batch)
-            totals = sums if totals is None else add(totals, sums)
-        train_metrics = summarize(jax.device_get(totals))
-        test_metrics = evaluate(state, test_images, test_labels, config.eval_batch_size, jit_eval)
-        record = {"epoch": epoch,
-                  "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
-                  "test_loss": test_metrics["loss"], "test_accuracy": test_metrics["accuracy"],
-                  "epoch_seconds": time.perf_counter() - began}
-        if "top5_accuracy" in test_metrics:
-            record["test_top5_accuracy"] = test_metrics["top5_accuracy"]
-        records.append(record)
-        log(format_record(record, config.epochs))
-        hist.write_history(workdir, records)
-        writer.write(record)
-        checkpoints.save(state, epoch)
-    checkpoints.wait()
-    checkpoints.close()
-    writer.close()
-    hist.plot_curves(workdir, records, title=f"{config.model} on {config.dataset}")
-    return records
+    outcome = Outcome(records)
+    try:
+        with PreemptionGuard() as guard:
+            step = int(state.step)
+            while step < config.epochs * steps:
+                epoch, began = step // steps + 1, time.perf_counter()
+                batches = data.train_batches(train_images, train_labels, config.batch_size,
+                                             config.seed, epoch, start_step=step % steps)
+                for batch in tqdm(batches, total=steps, initial=step % steps, leave=False,
+                                  desc=f"epoch {epoch}/{config.epochs}", file=sys.stderr,
+                                  dynamic_ncols=True):
+                    state, batch_sums = jit_train(state, batch)
+                    sums, step = add(sums, batch_sums), step + 1
+                    every = config.checkpoint_every_steps
+                    if guard.requested or (every and step % every == 0 and step % steps):
+                        check_finite(state, config, checkpoints)
+                        checkpoints.save(step, checkpoint_tree(state, sums))
+                    if guard.requested:
+                        checkpoints.wait()
+                        log(f"{guard.requested} received: checkpoint saved at step {step}; "
+                            f"continue with: jaxcnn train --resume --workdir {workdir}")
+                        return dataclasses.replace(outcome, stopped_by=guard.requested, step=step)
+                check_finite(state, config, checkpoints)
+                record = epoch_record(epoch, summarize(jax.device_get(sums)),
+                                      evaluate(state, test_images, test_labels,
+                                               config.eval_batch_size, jit_eval),
+                                      time.perf_counter() - began, state, config)
+                records.append(record)
+                log(format_record(record, config.epochs))
+                hist.write_history(workdir, records)
+                writer.write(record)
+                sums = zero_sums(config.num_classes)
+                checkpoints.save(step, checkpoint_tree(state, sums))
+                if record.get(config.best_metric, float("-inf")) > best:
+                    best = record[config.best_metric]
+                    checkpoints.save_best(step, checkpoint_tree(state, sums))
+            outcome.step = step
+    finally:
+        checkpoints.close()
+        writer.close()
+    if records:
+        hist.plot_curves(workdir, records, title=f"{config.model} on {config.dataset}")
+    return outcome
+
+
+def epoch_record(epoch: int, train: dict, test: dict, seconds: float, state: TrainState,
+                 config: ml_collections.ConfigDict) -> dict:
+    record = {"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+              "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+              "epoch_seconds": seconds}
+    if "top5_accuracy" in test:
+        record["test_top5_accuracy"] = test["top5_accuracy"]
+    if config.nonfinite != "stop":
+        record["nonfinite_steps_total"] = int(state.nonfinite_count)
+    return record
 
 
 def format_record(record: dict, epochs: int) -> str:
@@ -144,10 +212,9 @@ def evaluate_run(workdir: str | pathlib.Path, split: str = "test") -> dict:
     config = rundir.read_run_config(workdir)
     spec = data.dataset_spec(config.dataset, config.data_dir or None)
     spec.split_size(split)
-    state = new_state(config, spec)
     checkpoints = Checkpoints(workdir)
     try:
-        state, _ = checkpoints.restore(state)
+        state, _ = restore(checkpoints, new_state(config, spec), config.num_classes)
     finally:
         checkpoints.close()
     images, labels = data.load_split(config.dataset, split, config.data_dir or None)

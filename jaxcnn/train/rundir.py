@@ -15,7 +15,8 @@ import ml_collections
 from jaxcnn.errors import RunDirError
 
 # Keys that define what a run is; a resumed run must agree with the stored config on them.
-IDENTITY_KEYS = ("model", "dataset", "num_classes", "optimizer", "schedule")
+# batch_size and seed fix the data stream, so resuming at a step needs them unchanged too.
+IDENTITY_KEYS = ("model", "dataset", "num_classes", "optimizer", "schedule", "batch_size", "seed")
 
 
 def default_workdir(config: ml_collections.ConfigDict, root: str = "runs") -> pathlib.Path:

@@ -48,8 +48,15 @@ def summarize(sums: dict) -> dict:
     return out
 
 
-def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    """One optimizer step on ``batch`` (``image`` NHWC float, ``label`` int); returns sums."""
+def train_step(state: TrainState, batch: dict, nonfinite: str = "stop") -> tuple[TrainState, dict]:
+    """One optimizer step on ``batch`` (``image`` NHWC float, ``label`` int); returns sums.
+
+    ``nonfinite`` says what a step whose loss or gradient norm is not finite does:
+    ``"stop"`` discards it and every later update (the state stays the last good one, and
+    ``first_nonfinite_step`` tells the loop to stop), ``"skip"`` discards only that step, and
+    ``"ignore"`` applies it. Such steps are counted in ``state.nonfinite_count`` either way.
+    Bind the policy with ``functools.partial`` before ``jax.jit``.
+    """
     dropout_key = jax.random.fold_in(state.rng, state.step)
     has_stats = bool(state.batch_stats)
 
@@ -67,9 +74,22 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
             loss += AUX_LOSS_WEIGHT * jnp.mean(cross_entropy(aux_logits, batch["label"]))
         return loss, (logits, new_vars.get("batch_stats", state.batch_stats))
 
-    grads, (logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads, batch_stats)
-    return new_state, metric_sums(logits, batch["label"])
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    new_state = new_state.replace(
+        nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
+        first_nonfinite_step=jnp.where((~finite) & (state.first_nonfinite_step < 0),
+                                       state.step, state.first_nonfinite_step))
+    if nonfinite == "ignore":
+        return new_state, metric_sums(logits, batch["label"])
+    keep = finite if nonfinite == "skip" else finite & (new_state.first_nonfinite_step < 0)
+    kept = jax.tree.map(lambda new, old: jnp.where(keep, new, old),
+                        (new_state.params, new_state.batch_stats, new_state.opt_state),
+                        (state.params, state.batch_stats, state.opt_state))
+    new_state = new_state.replace(params=kept[0], batch_stats=kept[1], opt_state=kept[2])
+    mask = jnp.broadcast_to(finite, batch["label"].shape).astype(jnp.float32)
+    return new_state, metric_sums(jnp.where(finite, logits, 0.0), batch["label"], mask)
 
 
 def eval_step(state: TrainState, batch: dict) -> dict:

@@ -1,0 +1,204 @@
+"""Checkpoints and fault tolerance: exact resume, preemption, damage, divergence, inference."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcnn import data
+from jaxcnn.cli import main
+from jaxcnn.configs.loading import load_config
+from jaxcnn.errors import DivergedError, RunDirError
+from jaxcnn.train import loop
+from jaxcnn.train.checkpoint import Checkpoints
+
+STEPS_PER_EPOCH = 44  # 1,438 training digits // 32
+
+
+def config_for(tfds_dir, **overrides):
+    config = load_config()
+    config.data_dir = tfds_dir
+    config.epochs = 2
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+def final_tree(workdir, tfds_dir, **overrides):
+    config = loop.prepare(config_for(tfds_dir, **overrides), workdir, resume=True).config
+    state = loop.new_state(config, data.dataset_spec("digits", tfds_dir))
+    checkpoints = Checkpoints(workdir)
+    try:
+        state, _ = loop.restore(checkpoints, state, 10)
+    finally:
+        checkpoints.close()
+    return jax.device_get(state.checkpoint_tree())
+
+
+def interrupt_after(monkeypatch, count):
+    """Sends this process SIGTERM after ``count`` training batches have been handed out."""
+    real = data.train_batches
+    handed = {"n": 0}
+
+    def batches(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            if handed["n"] == count:
+                os.kill(os.getpid(), signal.SIGTERM)
+            handed["n"] += 1
+            yield batch
+
+    monkeypatch.setattr(data, "train_batches", batches)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tfds_dir):
+    workdir = tmp_path_factory.mktemp("runs") / "whole"
+    loop.fit(loop.prepare(config_for(tfds_dir), workdir), log=lambda *a: None)
+    return workdir
+
+
+def test_sigterm_checkpoints_the_step_and_resume_is_bitwise_exact(
+        tmp_path, tfds_dir, uninterrupted, monkeypatch):
+    workdir = tmp_path / "cut"
+    interrupt_after(monkeypatch, 30)
+    outcome = loop.fit(loop.prepare(config_for(tfds_dir), workdir), log=lambda *a: None)
+    # The signal arrives while batch 31 is handed out; that step completes, then it stops.
+    assert outcome.stopped_by == "SIGTERM" and outcome.step == 31
+    checkpoints = Checkpoints(workdir)
+    assert checkpoints.latest_step() == 31
+    checkpoints.close()
+    monkeypatch.undo()
+    resumed = loop.fit(loop.prepare(config_for(tfds_dir), workdir, resume=True),
+                       log=lambda *a: None)
+    assert resumed.stopped_by is None and resumed.step == 2 * STEPS_PER_EPOCH
+    ours, reference = final_tree(workdir, tfds_dir), final_tree(uninterrupted, tfds_dir)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(a, b)  # params, batch stats, optimizer state, step, rng
+    history = json.loads((workdir / "history.json").read_text())
+    whole = json.loads((uninterrupted / "history.json").read_text())
+    assert [r["test_accuracy"] for r in history] == [r["test_accuracy"] for r in whole]
+    assert history[0]["train_loss"] == pytest.approx(whole[0]["train_loss"], rel=1e-6)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(
+        tmp_path, tfds_dir, uninterrupted, capsys):
+    workdir = tmp_path / "damaged"
+    import shutil
+    shutil.copytree(uninterrupted, workdir)
+    newest = workdir / "checkpoints" / str(2 * STEPS_PER_EPOCH)
+    biggest = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    raw = bytearray(biggest.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    biggest.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main(["eval", "--workdir", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint step {2 * STEPS_PER_EPOCH}" in out and "unusable" in out
+    result = json.loads(out.strip().splitlines()[-1])
+    first_epoch = json.loads((workdir / "history.json").read_text())[0]
+    assert result["test_accuracy"] == pytest.approx(first_epoch["test_accuracy"], abs=1e-9)
+    # With every checkpoint damaged: one clear error.
+    older = workdir / "checkpoints" / str(STEPS_PER_EPOCH)
+    for path in older.rglob("*"):
+        if path.is_file() and path.stat().st_size > 1000:
+            path.write_bytes(path.read_bytes()[:100])
+    assert main(["eval", "--workdir", str(workdir)]) == 2
+    assert "no usable checkpoint" in capsys.readouterr().err
+
+
+def nan_after(monkeypatch, count):
+    real = data.train_batches
+    handed = {"n": 0}
+
+    def batches(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            handed["n"] += 1
+            if handed["n"] > count:
+                batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+            yield batch
+
+    monkeypatch.setattr(data, "train_batches", batches)
+
+
+def test_nan_inputs_stop_the_run_and_keep_the_last_good_checkpoint(
+        tmp_path, tfds_dir, uninterrupted, monkeypatch):
+    workdir = tmp_path / "nan"
+    nan_after(monkeypatch, STEPS_PER_EPOCH + 5)
+    run = loop.prepare(config_for(tfds_dir), workdir)
+    with pytest.raises(DivergedError, match=f"non-finite loss or gradient norm at step "
+                                            f"{STEPS_PER_EPOCH + 6}.*last good checkpoint is "
+                                            f"step {STEPS_PER_EPOCH}"):
+        loop.fit(run, log=lambda *a: None)
+    monkeypatch.undo()
+    checkpoints = Checkpoints(workdir)
+    assert checkpoints.latest_step() == STEPS_PER_EPOCH
+    checkpoints.close()
+    # The good checkpoint is intact: it equals the uninterrupted run's after epoch 1.
+    ours = final_tree(workdir, tfds_dir)
+    assert ours["step"] == STEPS_PER_EPOCH and ours["first_nonfinite_step"] == -1
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(ours["params"]))
+
+
+def test_skip_nonfinite_skips_and_counts(tmp_path, tfds_dir, monkeypatch):
+    workdir = tmp_path / "skip"
+    nan_after(monkeypatch, STEPS_PER_EPOCH - 4)  # the last 4 steps of epoch 1 are NaN
+    config = config_for(tfds_dir, epochs=1, nonfinite="skip")
+    outcome = loop.fit(loop.prepare(config, workdir), log=lambda *a: None)
+    record = outcome.records[-1]
+    assert record["nonfinite_steps_total"] == 4
+    assert np.isfinite(record["train_loss"]) and record["test_accuracy"] > 0.5
+
+
+def test_a_checkpoint_of_another_class_count_is_refused(uninterrupted, tfds_dir):
+    config = config_for(tfds_dir, num_classes=5)
+    state = loop.new_state(config, data.dataset_spec("digits", tfds_dir))
+    checkpoints = Checkpoints(uninterrupted)
+    with pytest.raises(RunDirError, match="no usable checkpoint"):
+        loop.restore(checkpoints, state, 5)
+    checkpoints.close()
+
+
+def test_load_and_predict(uninterrupted, tmp_path, capsys, tfds_dir):
+    import jaxcnn
+    from PIL import Image
+
+    model, variables, spec = jaxcnn.load(uninterrupted)
+    images, labels = data.load_split("digits", "test", tfds_dir)
+    logits = model.apply(variables, images[:64] / 255.0, train=False)
+    assert (np.argmax(logits, -1) == labels[:64]).mean() > 0.8
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(images[i, :, :, 0]).resize((56, 56)).convert("RGB").save(path)
+        paths.append(str(path))
+    capsys.readouterr()
+    assert main(["predict", "--workdir", str(uninterrupted), *paths]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(paths[0])
+    assert lines[0].count("%") == 5
+    assert main(["predict", "--workdir", str(uninterrupted), str(tmp_path / "none.png")]) == 2
+
+
+def test_a_real_sigterm_stops_jaxcnn_train_with_exit_0_and_a_checkpoint(tmp_path, tfds_dir):
+    workdir = tmp_path / "term"
+    cmd = [str(pathlib.Path(sys.executable).parent / "jaxcnn"), "train", "--epochs", "50",
+           "--workdir", str(workdir), "--data-dir", tfds_dir]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    deadline = time.time() + 120
+    while not (workdir / "history.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    line = [l for l in out.splitlines() if "SIGTERM received" in l][0]
+    step = int(line.split("checkpoint saved at step ")[1].split(";")[0])
+    checkpoints = Checkpoints(workdir)
+    assert checkpoints.latest_step() == step
+    checkpoints.close()
