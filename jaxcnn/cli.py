@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
+
+import jax
 
 from jaxcnn.errors import DivergedError, JaxCNNError
 
@@ -22,6 +25,8 @@ CONFIG_OPTIONS = {
     "--lr": (float, "learning rate"),
     "--seed": (int, "random seed of initialisation, data order and dropout"),
     "--data-dir": (str, "TFDS data directory"),
+    "--parallel": (str, "jit (mesh + shardings, default) or pmap"),
+    "--dtype": (str, "compute precision: float32 or bfloat16 (parameters stay float32)"),
 }
 
 
@@ -39,6 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run directory (default: a new timestamped folder under runs/)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --workdir from its latest checkpoint")
+    runtime = train.add_argument_group("devices and hosts")
+    runtime.add_argument("--num-cpu-devices", type=int, default=None,
+                         help="simulate N CPU devices (development and tests)")
+    runtime.add_argument("--coordinator", default=None,
+                         help="HOST:PORT of process 0, for a multi-process run; 'auto' lets "
+                              "JAX read it from the cluster (TPU pods, SLURM)")
+    runtime.add_argument("--num-processes", type=int, default=None)
+    runtime.add_argument("--process-id", type=int, default=None)
+    runtime.add_argument("--distributed-timeout", type=int, default=120,
+                         help="seconds to wait for every process to join (default 120)")
 
     evaluate = commands.add_parser("eval", help="evaluate a run's latest checkpoint")
     evaluate.add_argument("--workdir", required=True, help="the run directory")
@@ -49,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="top-5 classes of image files by a run's model")
     predict.add_argument("--workdir", required=True, help="the run directory")
     predict.add_argument("images", nargs="+", help="PNG or JPEG files")
+
+    viz = commands.add_parser("viz", help="figures of a finished run into WORKDIR/figures/")
+    viz.add_argument("--workdir", required=True, help="the run directory")
+    viz.add_argument("--max-examples", type=int, default=None,
+                     help="use only the first N test examples")
 
     summary = commands.add_parser("summary", help="layers, shapes, parameters and MACs of a model")
     summary.add_argument("name", help="registered model name")
@@ -78,6 +98,11 @@ def split_config_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 def run_train(args: argparse.Namespace, overrides: dict[str, str]) -> None:
     from jaxcnn.configs.loading import apply_overrides, load_config
     from jaxcnn.train import loop, rundir
+    from jaxcnn.train.runtime import setup_runtime
+
+    setup_runtime(num_cpu_devices=args.num_cpu_devices, coordinator=args.coordinator,
+                  num_processes=args.num_processes, process_id=args.process_id,
+                  timeout=args.distributed_timeout)
 
     if args.resume and not args.workdir:
         raise JaxCNNError("--resume needs --workdir DIR, the run to continue")
@@ -94,10 +119,12 @@ def run_train(args: argparse.Namespace, overrides: dict[str, str]) -> None:
         if value is not None:
             apply_overrides(config, {flag[2:].replace("-", "_"): value})
     run = loop.prepare(config, args.workdir, resume=args.resume)
-    print(f"training {config.model} on {config.dataset} for {config.epochs} epochs; "
-          f"workdir {run.workdir}", flush=True)
+    main = jax.process_index() == 0
+    if main:
+        print(f"training {config.model} on {config.dataset} for {config.epochs} epochs; "
+              f"workdir {run.workdir}", flush=True)
     outcome = loop.fit(run)
-    if outcome.records and not outcome.stopped_by:
+    if main and outcome.records and not outcome.stopped_by:
         last = outcome.records[-1]
         print(f"done: test accuracy {100 * last['test_accuracy']:.2f}% after epoch "
               f"{last['epoch']}; run in {run.workdir}")
@@ -142,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
             for result in predict_files(args.workdir, args.images):
                 tops = "  ".join(f"{name} {100 * p:.1f}%" for name, p in result["top"])
                 print(f"{result['file']}: {tops}")
+        elif args.command == "viz":
+            from jaxcnn.viz import write_all
+
+            for path in write_all(pathlib.Path(args.workdir), args.max_examples):
+                print(path)
         elif args.command == "summary":
             run_summary(args)
         elif args.command == "models":

@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.b2 = 0.999
     config.eps = 1e-8
     config.momentum = 0.9         # sgd only
+    config.parallel = "jit"       # jit (mesh + shardings) | pmap: data parallel over devices
+    config.ghost_bn = False       # BatchNorm statistics per device instead of global
+    config.dtype = "float32"      # compute precision: float32 | bfloat16 (params stay float32)
     config.checkpoint_keep = 3    # newest checkpoints kept in the run's checkpoints/
     config.checkpoint_every_steps = 0  # also save every N steps (0: at epoch ends only)
     config.best_metric = "test_accuracy"  # the best checkpoint (checkpoints/best) by this

@@ -1,6 +1,9 @@
 """Building blocks shared by the model families."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -138,9 +141,27 @@ def local_response_norm(x: jax.Array, size: int = 5, alpha: float = 1e-4, beta: 
     return x / (k + alpha * sums) ** beta
 
 
-def torch_batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
-    """BatchNorm with PyTorch's defaults: eps 1e-5, momentum 0.1 (Flax's 0.9)."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+_BATCH_NORM_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "jaxcnn_batch_norm_axis", default=None)
+
+
+@contextlib.contextmanager
+def batch_norm_axis(axis_name: str | None):
+    """BatchNorm layers traced inside average their batch statistics over the mapped axis
+    ``axis_name`` (synchronised BatchNorm under ``pmap``/``shard_map``); ``None`` keeps them
+    per device. It acts at trace time, like any static configuration."""
+    token = _BATCH_NORM_AXIS.set(axis_name)
+    try:
+        yield
+    finally:
+        _BATCH_NORM_AXIS.reset(token)
+
+
+def torch_batch_norm(train: bool, name: str | None = None, epsilon: float = 1e-5) -> nn.BatchNorm:
+    """BatchNorm with PyTorch's defaults: eps 1e-5, momentum 0.1 (Flax's 0.9); batch
+    statistics in training, running ones in eval; synchronised over :func:`batch_norm_axis`."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon, name=name,
+                        axis_name=_BATCH_NORM_AXIS.get() if train else None)
 
 
 def torch_default_kernel_init() -> nn.initializers.Initializer:

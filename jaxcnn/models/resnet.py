@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import check_input, torch_max_pool
+from jaxcnn.models.layers import check_input, torch_batch_norm, torch_max_pool
 from jaxcnn.models.registry import register
 from jaxcnn.models.torch_convert import TorchWeights, register_converter
 
@@ -38,7 +38,6 @@ STEM_FEATURES = 64  # conv1: 7x7/2, then a 3x3/2 max-pool
 KAIMING_NORMAL = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 TORCH_LINEAR_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 BN_EPSILON = 1e-5
-BN_MOMENTUM = 0.9  # Flax's decay of the running statistics = PyTorch's momentum 0.1
 
 SHORTCUTS = ("projection", "zero_pad", "none")
 
@@ -51,9 +50,8 @@ def conv(features: int, kernel: int, stride: int, kernel_init: Callable[..., Any
 
 
 def batch_norm(train: bool, name: str, epsilon: float = BN_EPSILON) -> nn.BatchNorm:
-    """BatchNorm with PyTorch's defaults; batch statistics in training, running ones in eval."""
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=epsilon,
-                        name=name)
+    """BatchNorm with PyTorch's defaults (see :func:`layers.torch_batch_norm`)."""
+    return torch_batch_norm(train, name=name, epsilon=epsilon)
 
 
 def shortcut(x: jax.Array, features: int, stride: int, kind: str, train: bool,

@@ -20,15 +20,19 @@ from tqdm.auto import tqdm
 
 from jaxcnn import data
 from jaxcnn.configs.loading import validate
-from jaxcnn.errors import DivergedError
+from jaxcnn.errors import DivergedError, unknown
 from jaxcnn.models import get_model_for, model_info
 from jaxcnn.train import history as hist
 from jaxcnn.train import rundir
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.optim import make_optimizer
+from jaxcnn.train.parallel import DataParallel
 from jaxcnn.train.signals import PreemptionGuard
 from jaxcnn.train.state import TrainState, create_train_state
 from jaxcnn.train.steps import eval_step, metric_sums, summarize, train_step
+
+
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass
@@ -60,6 +64,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | None = None,
         config.num_classes = spec.num_classes
     model = get_model_for(config.model, spec.image_shape, num_classes=config.num_classes)
     data.steps_per_epoch(spec.split_size("train"), config.batch_size)
+    if config.dtype not in COMPUTE_DTYPES:
+        raise unknown("dtype", config.dtype, COMPUTE_DTYPES)
+    parallel = make_parallel(config)
+    parallel.check_batch(config.batch_size)
+    parallel.check_batch(config.eval_batch_size, "eval batch size")
     # Tracing init checks the model against the dataset's image shape, with no compile.
     jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *spec.image_shape)))
     path = pathlib.Path(workdir) if workdir else rundir.default_workdir(config)
@@ -95,14 +104,26 @@ def restore(checkpoints: Checkpoints, state: TrainState, num_classes: int,
     return state.from_checkpoint_tree(tree), sums
 
 
-def evaluate(state: TrainState, images, labels, batch_size: int, step_fn=None) -> dict:
-    """Exact metrics of ``state`` over all of ``images``/``labels`` (padded, masked batches)."""
-    step_fn = step_fn or jax.jit(eval_step)
+def evaluate(state: TrainState, images, labels, batch_size: int, step_fn=None,
+             parallel: DataParallel | None = None) -> dict:
+    """Exact metrics of ``state`` over all of ``images``/``labels`` (padded, masked batches).
+
+    With ``parallel``, ``state`` is on its devices and each process feeds its rows of every
+    global batch; the sums are global.
+    """
+    if parallel is None:
+        step_fn = step_fn or jax.jit(eval_step)
+        put, to_host = (lambda b: b), jax.device_get
+    else:
+        step_fn = step_fn or parallel.eval_step()
+        rows = parallel.local_rows(batch_size)
+        put = lambda b: parallel.put_batch({k: v[rows] for k, v in b.items()})  # noqa: E731
+        to_host = parallel.to_host
     totals = None
     for batch in data.eval_batches(images, labels, batch_size):
-        sums = step_fn(state, batch)
+        sums = step_fn(state, put(batch))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    return summarize(jax.device_get(totals))
+    return summarize(to_host(totals))
 
 
 def check_finite(state: TrainState, config: ml_collections.ConfigDict,
@@ -117,74 +138,110 @@ def check_finite(state: TrainState, config: ml_collections.ConfigDict,
             "(lower the learning rate, or pass --config.nonfinite=skip to skip such steps)")
 
 
+def make_parallel(config: ml_collections.ConfigDict) -> DataParallel:
+    return DataParallel(config.parallel, ghost_bn=config.ghost_bn,
+                        dtype=COMPUTE_DTYPES[config.dtype], nonfinite=config.nonfinite)
+
+
 def fit(run: Run, log=print) -> Outcome:
-    """Trains ``run`` to ``config.epochs`` epochs; returns the history and how it ended."""
+    """Trains ``run`` to ``config.epochs`` epochs; returns the history and how it ended.
+
+    Every process of a multi-process run calls this; only process 0 writes the config,
+    history, curves and TensorBoard files and prints (checkpoints are written through Orbax's
+    multi-process support).
+    """
     config, workdir = run.config, run.workdir
+    main = jax.process_index() == 0
+    log = log if main else (lambda *a, **k: None)
+    parallel = make_parallel(config)
     train_images, train_labels = data.load_split(config.dataset, "train", config.data_dir or None)
     test_images, test_labels = data.load_split(config.dataset, "test", config.data_dir or None)
     steps = data.steps_per_epoch(len(train_images), config.batch_size)
-    state = new_state(config, run.spec)
+    host_state = new_state(config, run.spec)
     sums = zero_sums(config.num_classes)
-    workdir.mkdir(parents=True, exist_ok=True)
-    rundir.write_config(workdir, config)
+    sync("jaxcnn: every process checked its input")  # no process writes before all checked
+    if main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        rundir.write_config(workdir, config)
+    sync("jaxcnn: run directory ready")
     checkpoints = Checkpoints(workdir, max_to_keep=config.checkpoint_keep)
     records = []
     if run.resume and checkpoints.latest_step() is None:
         log(f"{workdir} has no checkpoint yet (it stopped before the first): starting at step 0")
     elif run.resume:
-        state, sums = restore(checkpoints, state, config.num_classes)
-        records = [r for r in hist.read_history(workdir) if r["epoch"] <= int(state.step) // steps]
-        log(f"resumed {workdir} at step {int(state.step)} (epoch {int(state.step) // steps}, "
-            f"step {int(state.step) % steps} of {steps})")
+        host_state, sums = restore(checkpoints, host_state, config.num_classes)
+        records = [r for r in hist.read_history(workdir)
+                   if r["epoch"] <= int(host_state.step) // steps]
+        log(f"resumed {workdir} at step {int(host_state.step)} (epoch "
+            f"{int(host_state.step) // steps}, step {int(host_state.step) % steps} of {steps})")
+    state = parallel.put_state(host_state)
     best = max((r.get(config.best_metric, float("-inf")) for r in records), default=float("-inf"))
-    jit_train = jax.jit(functools.partial(train_step, nonfinite=config.nonfinite),
-                        donate_argnums=0)
-    jit_eval = jax.jit(eval_step)
+    jit_train, jit_eval = parallel.train_step(), parallel.eval_step()
     add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
-    writer = hist.TensorBoardWriter(workdir)
+    rows = parallel.local_rows(config.batch_size)
+    writer = hist.TensorBoardWriter(workdir) if main else None
     outcome = Outcome(records)
+
+    def save(step, best_too=False):
+        tree = jax.device_get(checkpoint_tree(parallel.get_state(state), parallel.to_host(sums)))
+        checkpoints.save(step, tree)
+        if best_too:
+            checkpoints.save_best(step, tree)
+
     try:
         with PreemptionGuard() as guard:
-            step = int(state.step)
+            step = int(host_state.step)
+            sums = parallel.put_state(sums)
             while step < config.epochs * steps:
                 epoch, began = step // steps + 1, time.perf_counter()
                 batches = data.train_batches(train_images, train_labels, config.batch_size,
                                              config.seed, epoch, start_step=step % steps)
                 for batch in tqdm(batches, total=steps, initial=step % steps, leave=False,
                                   desc=f"epoch {epoch}/{config.epochs}", file=sys.stderr,
-                                  dynamic_ncols=True):
+                                  dynamic_ncols=True, disable=not main):
+                    batch = parallel.put_batch({k: v[rows] for k, v in batch.items()})
                     state, batch_sums = jit_train(state, batch)
                     sums, step = add(sums, batch_sums), step + 1
                     every = config.checkpoint_every_steps
                     if guard.requested or (every and step % every == 0 and step % steps):
-                        check_finite(state, config, checkpoints)
-                        checkpoints.save(step, checkpoint_tree(state, sums))
+                        check_finite(parallel.get_state(state), config, checkpoints)
+                        save(step)
                     if guard.requested:
                         checkpoints.wait()
                         log(f"{guard.requested} received: checkpoint saved at step {step}; "
                             f"continue with: jaxcnn train --resume --workdir {workdir}")
                         return dataclasses.replace(outcome, stopped_by=guard.requested, step=step)
-                check_finite(state, config, checkpoints)
-                record = epoch_record(epoch, summarize(jax.device_get(sums)),
-                                      evaluate(state, test_images, test_labels,
-                                               config.eval_batch_size, jit_eval),
-                                      time.perf_counter() - began, state, config)
+                check_finite(parallel.get_state(state), config, checkpoints)
+                test = evaluate(state, test_images, test_labels, config.eval_batch_size,
+                                jit_eval, parallel)
+                record = epoch_record(epoch, summarize(parallel.to_host(sums)), test,
+                                      time.perf_counter() - began, parallel.get_state(state),
+                                      config)
                 records.append(record)
                 log(format_record(record, config.epochs))
-                hist.write_history(workdir, records)
-                writer.write(record)
-                sums = zero_sums(config.num_classes)
-                checkpoints.save(step, checkpoint_tree(state, sums))
-                if record.get(config.best_metric, float("-inf")) > best:
-                    best = record[config.best_metric]
-                    checkpoints.save_best(step, checkpoint_tree(state, sums))
+                if main:
+                    hist.write_history(workdir, records)
+                    writer.write(record)
+                sums = jax.tree.map(jnp.zeros_like, sums)
+                improved = record.get(config.best_metric, float("-inf")) > best
+                best = max(best, record.get(config.best_metric, float("-inf")))
+                save(step, best_too=improved)
             outcome.step = step
     finally:
         checkpoints.close()
-        writer.close()
-    if records:
+        if writer is not None:
+            writer.close()
+    if records and main:
         hist.plot_curves(workdir, records, title=f"{config.model} on {config.dataset}")
     return outcome
+
+
+def sync(name: str) -> None:
+    """A barrier across processes (nothing to do in a single-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def epoch_record(epoch: int, train: dict, test: dict, seconds: float, state: TrainState,

@@ -48,33 +48,74 @@ def summarize(sums: dict) -> dict:
     return out
 
 
-def train_step(state: TrainState, batch: dict, nonfinite: str = "stop") -> tuple[TrainState, dict]:
+def _cast(tree, dtype):
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                        tree)
+
+
+def _forward(state: TrainState, params, images, dropout_key, ghost_groups: int, dtype):
+    """Train-mode logits (and auxiliary logits) and the updated batch statistics.
+
+    ``ghost_groups`` > 1 splits the batch into that many groups whose BatchNorm statistics are
+    computed separately (Hoffer et al. 2017's "ghost" batches: what per-device statistics give
+    on that many devices), the running statistics averaged over the groups.
+    """
+    has_stats = bool(state.batch_stats)
+    variables = {"params": _cast(params, dtype) if dtype else params}
+    if has_stats:
+        variables["batch_stats"] = state.batch_stats
+    images = images.astype(dtype) if dtype else images
+
+    def apply(x, key):
+        out = state.apply_fn(variables, x, train=True, rngs={"dropout": key},
+                             mutable=["batch_stats"] if has_stats else False)
+        return out if has_stats else (out, {})
+
+    if ghost_groups > 1:
+        grouped = images.reshape((ghost_groups, -1, *images.shape[1:]))
+        keys = jax.random.split(dropout_key, ghost_groups)
+        outputs, new_vars = jax.vmap(apply)(grouped, keys)
+        outputs = jax.tree.map(lambda y: y.reshape((-1, *y.shape[2:])), outputs)
+        new_vars = jax.tree.map(lambda y: jnp.mean(y, axis=0), new_vars)
+    else:
+        outputs, new_vars = apply(images, dropout_key)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    outputs = tuple(o.astype(jnp.float32) for o in outputs)
+    stats = new_vars.get("batch_stats", state.batch_stats)
+    return outputs, _cast(stats, jnp.float32) if dtype else stats
+
+
+def train_step(state: TrainState, batch: dict, nonfinite: str = "stop",
+               axis_name: str | None = None, ghost_groups: int = 0,
+               dtype=None) -> tuple[TrainState, dict]:
     """One optimizer step on ``batch`` (``image`` NHWC float, ``label`` int); returns sums.
 
     ``nonfinite`` says what a step whose loss or gradient norm is not finite does:
     ``"stop"`` discards it and every later update (the state stays the last good one, and
     ``first_nonfinite_step`` tells the loop to stop), ``"skip"`` discards only that step, and
     ``"ignore"`` applies it. Such steps are counted in ``state.nonfinite_count`` either way.
-    Bind the policy with ``functools.partial`` before ``jax.jit``.
+
+    Under ``pmap``, ``axis_name`` names the mapped device axis: gradients and (per-device)
+    batch statistics are averaged over it and metric sums added. ``ghost_groups`` computes
+    BatchNorm statistics per group of the batch; ``dtype`` (e.g. ``jnp.bfloat16``) is the
+    compute precision, parameters and optimizer state staying float32. Bind the options with
+    ``functools.partial`` before compiling.
     """
     dropout_key = jax.random.fold_in(state.rng, state.step)
-    has_stats = bool(state.batch_stats)
+    if axis_name is not None:  # each device draws its own dropout masks
+        dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
 
     def loss_fn(params):
-        variables = {"params": params}
-        if has_stats:
-            variables["batch_stats"] = state.batch_stats
-        outputs = state.apply_fn(variables, batch["image"], train=True,
-                                 rngs={"dropout": dropout_key},
-                                 mutable=["batch_stats"] if has_stats else False)
-        outputs, new_vars = outputs if has_stats else (outputs, {})
-        logits, aux = (outputs[0], outputs[1:]) if isinstance(outputs, tuple) else (outputs, ())
+        (logits, *aux), stats = _forward(state, params, batch["image"], dropout_key,
+                                         ghost_groups, dtype)
         loss = jnp.mean(cross_entropy(logits, batch["label"]))
         for aux_logits in aux:
             loss += AUX_LOSS_WEIGHT * jnp.mean(cross_entropy(aux_logits, batch["label"]))
-        return loss, (logits, new_vars.get("batch_stats", state.batch_stats))
+        return loss, (logits, stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if axis_name is not None:
+        loss, grads, batch_stats = jax.lax.pmean((loss, grads, batch_stats), axis_name)
     new_state = state.apply_gradients(grads, batch_stats)
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
     new_state = new_state.replace(
@@ -82,17 +123,26 @@ def train_step(state: TrainState, batch: dict, nonfinite: str = "stop") -> tuple
         first_nonfinite_step=jnp.where((~finite) & (state.first_nonfinite_step < 0),
                                        state.step, state.first_nonfinite_step))
     if nonfinite == "ignore":
-        return new_state, metric_sums(logits, batch["label"])
-    keep = finite if nonfinite == "skip" else finite & (new_state.first_nonfinite_step < 0)
-    kept = jax.tree.map(lambda new, old: jnp.where(keep, new, old),
-                        (new_state.params, new_state.batch_stats, new_state.opt_state),
-                        (state.params, state.batch_stats, state.opt_state))
-    new_state = new_state.replace(params=kept[0], batch_stats=kept[1], opt_state=kept[2])
-    mask = jnp.broadcast_to(finite, batch["label"].shape).astype(jnp.float32)
-    return new_state, metric_sums(jnp.where(finite, logits, 0.0), batch["label"], mask)
+        sums = metric_sums(logits, batch["label"])
+    else:
+        keep = finite if nonfinite == "skip" else finite & (new_state.first_nonfinite_step < 0)
+        kept = jax.tree.map(lambda new, old: jnp.where(keep, new, old),
+                            (new_state.params, new_state.batch_stats, new_state.opt_state),
+                            (state.params, state.batch_stats, state.opt_state))
+        new_state = new_state.replace(params=kept[0], batch_stats=kept[1], opt_state=kept[2])
+        mask = jnp.broadcast_to(finite, batch["label"].shape).astype(jnp.float32)
+        sums = metric_sums(jnp.where(finite, logits, 0.0), batch["label"], mask)
+    if axis_name is not None:
+        sums = jax.lax.psum(sums, axis_name)
+    return new_state, sums
 
 
-def eval_step(state: TrainState, batch: dict) -> dict:
+def eval_step(state: TrainState, batch: dict, axis_name: str | None = None, dtype=None) -> dict:
     """Metric sums of the model in eval mode on ``batch``, honouring its ``mask``."""
-    logits = state.apply_fn(variables_of(state), batch["image"], train=False)
-    return metric_sums(logits, batch["label"], batch.get("mask"))
+    variables = variables_of(state)
+    images = batch["image"]
+    if dtype:
+        variables, images = _cast(variables, dtype), images.astype(dtype)
+    logits = state.apply_fn(variables, images, train=False).astype(jnp.float32)
+    sums = metric_sums(logits, batch["label"], batch.get("mask"))
+    return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
