@@ -71,7 +71,7 @@ def main() -> None:
         finished = proc.poll() is not None
         proc.kill()
         proc.wait()
-        steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("[0-9]*")) \
+        steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("[0-9]*") if p.name.isdigit()) \
             if (workdir / "checkpoints").exists() else []
         print(f"kill {kill}: SIGKILL after {delay:.1f}s"
               f"{' (the run had already finished)' if finished else ''}; "

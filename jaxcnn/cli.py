@@ -25,6 +25,8 @@ CONFIG_OPTIONS = {
     "--lr": (float, "learning rate"),
     "--seed": (int, "random seed of initialisation, data order and dropout"),
     "--data-dir": (str, "TFDS data directory"),
+    "--manual-dir": (str, "folder of the dataset's original files (offline build)"),
+    "--augment": (str, "augmentations, e.g. crop:4,flip,rotate:10,noise:0.02"),
     "--parallel": (str, "jit (mesh + shardings, default) or pmap"),
     "--dtype": (str, "compute precision: float32 or bfloat16 (parameters stay float32)"),
 }

@@ -25,6 +25,7 @@ import optax  # noqa: E402
 
 from jaxcnn.models import get_model, model_info  # noqa: E402
 from jaxcnn.train import create_train_state, train_step  # noqa: E402
+from jaxcnn.data import eval_batches  # noqa: E402
 from jaxcnn.train.loop import evaluate  # noqa: E402
 from jaxcnn.train.parallel import DataParallel  # noqa: E402
 
@@ -56,7 +57,7 @@ step = jax.jit(train_step)
 for batch in batches:
     single, _ = step(single, batch)
 reference = jax.device_get({"params": single.params, "batch_stats": single.batch_stats})
-reference_eval = evaluate(single, eval_images, eval_labels, 32)
+reference_eval = evaluate(single, eval_batches(eval_images, eval_labels, 32))
 
 
 def rel(a, b):
@@ -75,7 +76,8 @@ for mode in ("jit", "pmap"):
     diffs = jax.tree.leaves(jax.tree.map(rel, tree, reference))
     flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])  # noqa: E731
     whole = rel(flat(tree), flat(reference))
-    metrics = evaluate(state, eval_images, eval_labels, 32, parallel=parallel)
+    metrics = evaluate(state, eval_batches(eval_images, eval_labels, 32), parallel.eval_step(),
+                       parallel.put_batch, parallel.to_host)
     worst = sorted(zip(diffs, [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]))[-3:]
     report[mode] = {"max_rel_diff": max(diffs), "whole_rel_diff": whole, "leaves": len(diffs), "worst": worst,
                     "eval": metrics, "reference_eval": reference_eval,

@@ -41,19 +41,35 @@ def final_tree(workdir, tfds_dir, **overrides):
     return jax.device_get(state.checkpoint_tree())
 
 
-def interrupt_after(monkeypatch, count):
-    """Sends this process SIGTERM after ``count`` training batches have been handed out."""
-    real = data.train_batches
+def wrap_train_batches(monkeypatch, transform):
+    """Makes the fit loop's pipeline pass every training batch through ``transform(n, batch)``,
+    ``n`` counting the batches handed out so far in the process."""
+    real = data.make_pipeline
     handed = {"n": 0}
 
-    def batches(*args, **kwargs):
-        for batch in real(*args, **kwargs):
-            if handed["n"] == count:
-                os.kill(os.getpid(), signal.SIGTERM)
-            handed["n"] += 1
-            yield batch
+    def make_pipeline(*args, **kwargs):
+        pipeline = real(*args, **kwargs)
+        train_batches = pipeline.train_batches
 
-    monkeypatch.setattr(data, "train_batches", batches)
+        def batches(*a, **k):
+            for batch in train_batches(*a, **k):
+                handed["n"] += 1
+                yield transform(handed["n"], batch)
+
+        pipeline.train_batches = batches
+        return pipeline
+
+    monkeypatch.setattr(data, "make_pipeline", make_pipeline)
+
+
+def interrupt_after(monkeypatch, count):
+    """Sends this process SIGTERM while training batch ``count + 1`` is handed out."""
+    def transform(n, batch):
+        if n == count + 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batch
+
+    wrap_train_batches(monkeypatch, transform)
 
 
 @pytest.fixture(scope="module")
@@ -113,17 +129,10 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(
 
 
 def nan_after(monkeypatch, count):
-    real = data.train_batches
-    handed = {"n": 0}
+    import jax.numpy as jnp
 
-    def batches(*args, **kwargs):
-        for batch in real(*args, **kwargs):
-            handed["n"] += 1
-            if handed["n"] > count:
-                batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
-            yield batch
-
-    monkeypatch.setattr(data, "train_batches", batches)
+    wrap_train_batches(monkeypatch, lambda n, batch: batch if n <= count else
+                       {**batch, "image": jnp.full_like(batch["image"], jnp.nan)})
 
 
 def test_nan_inputs_stop_the_run_and_keep_the_last_good_checkpoint(

@@ -10,6 +10,7 @@ import pytest
 
 from jaxcnn.models import get_model
 from jaxcnn.train import create_train_state, eval_step, metric_sums, summarize, train_step
+from jaxcnn.data import eval_batches
 from jaxcnn.train.loop import evaluate
 
 
@@ -50,7 +51,7 @@ def test_eval_counts_a_final_uneven_batch_exactly():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (10, 2, 2, 1), dtype=np.uint8)
     labels = rng.integers(0, 3, 10).astype(np.int32)
-    metrics = evaluate(state, images, labels, batch_size=4)  # batches of 4, 4 and 2 (+2 padding)
+    metrics = evaluate(state, eval_batches(images, labels, 4))  # batches of 4, 4 and 2 (+2 padding)
     full = summarize(eval_step(state, {"image": images.astype(np.float32) / 255, "label": labels}))
     assert metrics["num_examples"] == 10
     assert metrics["loss"] == pytest.approx(full["loss"], rel=1e-6)

@@ -11,6 +11,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = "lenet5"
     config.dataset = "digits"
     config.data_dir = ""          # TFDS data directory; "" means TFDS's default
+    config.manual_dir = ""        # folder of the original files, for an offline build
+    config.input_mode = "auto"    # auto | memory (on device) | stream (tf.data) | host
+    config.preprocess = "auto"    # auto | unit | centered | per_pixel | per_channel | imagenet
+    config.augment = ""           # e.g. "crop:4,flip,rotate:10,translate:2,noise:0.02"
+    config.image_size = 0         # crop size for datasets of varying image size (0: 224)
     config.num_classes = 0        # 0: the dataset's class count
     config.epochs = 15
     config.batch_size = 32

@@ -16,6 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from tqdm.auto import tqdm
 
 from jaxcnn import data
@@ -59,7 +60,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | None = None,
     """Checks the config, model, dataset, shapes and workdir; raises a JaxCNNError if any is off."""
     validate(config)
     model_info(config.model)  # an unknown model name fails first, before any data access
-    spec = data.dataset_spec(config.dataset, config.data_dir or None)
+    spec = data.dataset_spec(config.dataset, config.data_dir or None, config.manual_dir or None)
     if not config.num_classes:
         config.num_classes = spec.num_classes
     model = get_model_for(config.model, spec.image_shape, num_classes=config.num_classes)
@@ -70,7 +71,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | None = None,
     parallel.check_batch(config.batch_size)
     parallel.check_batch(config.eval_batch_size, "eval batch size")
     # Tracing init checks the model against the dataset's image shape, with no compile.
-    jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *spec.image_shape)))
+    data.parse_augment(config.augment or None)
+    jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                   jnp.zeros((1, *spec.input_shape(config.image_size or None))))
     path = pathlib.Path(workdir) if workdir else rundir.default_workdir(config)
     if resume:
         rundir.check_resume(path, rundir.read_run_config(path), config)
@@ -80,10 +83,34 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | None = None,
 
 
 def new_state(config: ml_collections.ConfigDict, spec: data.DatasetSpec) -> TrainState:
-    model = get_model_for(config.model, spec.image_shape, num_classes=config.num_classes)
+    shape = spec.input_shape(config.get("image_size") or None)
+    model = get_model_for(config.model, shape, num_classes=config.num_classes)
     total_steps = config.epochs * data.steps_per_epoch(spec.split_size("train"), config.batch_size)
-    return create_train_state(model, spec.image_shape, make_optimizer(config, total_steps),
-                              config.seed)
+    return create_train_state(model, shape, make_optimizer(config, total_steps), config.seed)
+
+
+def make_pipeline(config: ml_collections.ConfigDict, parallel: DataParallel):
+    """The run's input pipeline; under ``jit`` its batches are already sharded on the mesh."""
+    return data.make_pipeline(
+        config.dataset, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
+        seed=config.seed, data_dir=config.get("data_dir") or None,
+        manual_dir=config.get("manual_dir") or None, preprocess=config.get("preprocess", "auto"),
+        augment=config.get("augment") or None, mode=config.get("input_mode", "auto"),
+        image_size=config.get("image_size") or None, mesh=parallel.mesh)
+
+
+def feeder(parallel: DataParallel):
+    """Turns a pipeline batch (global arrays on the mesh) into what the compiled step takes."""
+    if parallel.mode == "jit":
+        return lambda batch: batch
+
+    def to_pmap(batch):
+        local = {k: np.concatenate([np.asarray(s.data) for s in sorted(
+                     v.addressable_shards, key=lambda s: s.index[0].start or 0)])
+                 for k, v in batch.items()}
+        return parallel.put_batch(local)
+
+    return to_pmap
 
 
 def zero_sums(num_classes: int) -> dict:
@@ -104,26 +131,15 @@ def restore(checkpoints: Checkpoints, state: TrainState, num_classes: int,
     return state.from_checkpoint_tree(tree), sums
 
 
-def evaluate(state: TrainState, images, labels, batch_size: int, step_fn=None,
-             parallel: DataParallel | None = None) -> dict:
-    """Exact metrics of ``state`` over all of ``images``/``labels`` (padded, masked batches).
-
-    With ``parallel``, ``state`` is on its devices and each process feeds its rows of every
-    global batch; the sums are global.
-    """
-    if parallel is None:
-        step_fn = step_fn or jax.jit(eval_step)
-        put, to_host = (lambda b: b), jax.device_get
-    else:
-        step_fn = step_fn or parallel.eval_step()
-        rows = parallel.local_rows(batch_size)
-        put = lambda b: parallel.put_batch({k: v[rows] for k, v in b.items()})  # noqa: E731
-        to_host = parallel.to_host
+def evaluate(state: TrainState, batches, step_fn=None, feed=None, to_host=None) -> dict:
+    """Exact metrics of ``state`` over evaluation ``batches`` (padded and masked)."""
+    step_fn = step_fn or jax.jit(eval_step)
+    feed = feed or (lambda b: b)
     totals = None
-    for batch in data.eval_batches(images, labels, batch_size):
-        sums = step_fn(state, put(batch))
+    for batch in batches:
+        sums = step_fn(state, feed(batch))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    return summarize(to_host(totals))
+    return summarize((to_host or jax.device_get)(totals))
 
 
 def check_finite(state: TrainState, config: ml_collections.ConfigDict,
@@ -154,9 +170,8 @@ def fit(run: Run, log=print) -> Outcome:
     main = jax.process_index() == 0
     log = log if main else (lambda *a, **k: None)
     parallel = make_parallel(config)
-    train_images, train_labels = data.load_split(config.dataset, "train", config.data_dir or None)
-    test_images, test_labels = data.load_split(config.dataset, "test", config.data_dir or None)
-    steps = data.steps_per_epoch(len(train_images), config.batch_size)
+    pipeline, feed = make_pipeline(config, parallel), feeder(parallel)
+    steps = pipeline.steps_per_epoch
     host_state = new_state(config, run.spec)
     sums = zero_sums(config.num_classes)
     sync("jaxcnn: every process checked its input")  # no process writes before all checked
@@ -178,7 +193,6 @@ def fit(run: Run, log=print) -> Outcome:
     best = max((r.get(config.best_metric, float("-inf")) for r in records), default=float("-inf"))
     jit_train, jit_eval = parallel.train_step(), parallel.eval_step()
     add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
-    rows = parallel.local_rows(config.batch_size)
     writer = hist.TensorBoardWriter(workdir) if main else None
     outcome = Outcome(records)
 
@@ -193,13 +207,19 @@ def fit(run: Run, log=print) -> Outcome:
             step = int(host_state.step)
             sums = parallel.put_state(sums)
             while step < config.epochs * steps:
-                epoch, began = step // steps + 1, time.perf_counter()
-                batches = data.train_batches(train_images, train_labels, config.batch_size,
-                                             config.seed, epoch, start_step=step % steps)
-                for batch in tqdm(batches, total=steps, initial=step % steps, leave=False,
-                                  desc=f"epoch {epoch}/{config.epochs}", file=sys.stderr,
-                                  dynamic_ncols=True, disable=not main):
-                    batch = parallel.put_batch({k: v[rows] for k, v in batch.items()})
+                epoch, began, waited = step // steps + 1, time.perf_counter(), 0.0
+                batches = iter(pipeline.train_batches(epoch, start_step=step % steps))
+                progress = tqdm(total=steps, initial=step % steps, leave=False, file=sys.stderr,
+                                desc=f"epoch {epoch}/{config.epochs}", dynamic_ncols=True,
+                                disable=not main)
+                while True:
+                    fetched = time.perf_counter()
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    batch = feed(batch)
+                    waited += time.perf_counter() - fetched
+                    progress.update()
                     state, batch_sums = jit_train(state, batch)
                     sums, step = add(sums, batch_sums), step + 1
                     every = config.checkpoint_every_steps
@@ -211,12 +231,17 @@ def fit(run: Run, log=print) -> Outcome:
                         log(f"{guard.requested} received: checkpoint saved at step {step}; "
                             f"continue with: jaxcnn train --resume --workdir {workdir}")
                         return dataclasses.replace(outcome, stopped_by=guard.requested, step=step)
+                progress.close()
                 check_finite(parallel.get_state(state), config, checkpoints)
-                test = evaluate(state, test_images, test_labels, config.eval_batch_size,
-                                jit_eval, parallel)
-                record = epoch_record(epoch, summarize(parallel.to_host(sums)), test,
-                                      time.perf_counter() - began, parallel.get_state(state),
-                                      config)
+                train = summarize(parallel.to_host(sums))  # waits for the epoch's steps
+                trained = time.perf_counter()
+                test = evaluate(state, pipeline.eval_batches("test"), jit_eval, feed,
+                                parallel.to_host)
+                record = epoch_record(epoch, train, test, time.perf_counter() - began,
+                                      parallel.get_state(state), config)
+                record["data_seconds"] = waited
+                record["compute_seconds"] = trained - began - waited
+                record["eval_seconds"] = time.perf_counter() - trained
                 records.append(record)
                 log(format_record(record, config.epochs))
                 if main:
@@ -260,22 +285,26 @@ def format_record(record: dict, epochs: int) -> str:
     return (f"epoch {record['epoch']:3d}/{epochs}  "
             f"train loss {record['train_loss']:.4f} acc {100 * record['train_accuracy']:6.2f}%  "
             f"test loss {record['test_loss']:.4f} acc {100 * record['test_accuracy']:6.2f}%  "
-            f"({record['epoch_seconds']:.1f}s)")
+            f"({record["epoch_seconds"]:.1f}s: data {record.get("data_seconds", 0):.1f}s, "
+            f"compute {record.get("compute_seconds", 0):.1f}s, eval {record.get("eval_seconds", 0):.1f}s)")
 
 
 def evaluate_run(workdir: str | pathlib.Path, split: str = "test") -> dict:
     """Restores a run's latest checkpoint and measures it on all of ``split``."""
     workdir = pathlib.Path(workdir)
     config = rundir.read_run_config(workdir)
-    spec = data.dataset_spec(config.dataset, config.data_dir or None)
+    spec = data.dataset_spec(config.dataset, config.get("data_dir") or None,
+                             config.get("manual_dir") or None)
     spec.split_size(split)
     checkpoints = Checkpoints(workdir)
     try:
         state, _ = restore(checkpoints, new_state(config, spec), config.num_classes)
     finally:
         checkpoints.close()
-    images, labels = data.load_split(config.dataset, split, config.data_dir or None)
-    metrics = evaluate(state, images, labels, config.eval_batch_size)
+    parallel = DataParallel("jit", dtype=COMPUTE_DTYPES[config.get("dtype", "float32")],
+                            devices=jax.devices()[:1])
+    pipeline = make_pipeline(config, parallel)
+    metrics = evaluate(state, pipeline.eval_batches(split), parallel.eval_step())
     out = {f"{split}_loss": metrics["loss"], f"{split}_accuracy": metrics["accuracy"],
            "num_examples": metrics["num_examples"]}
     if "top5_accuracy" in metrics:
