@@ -30,6 +30,12 @@ def train_cmd(workdir, args, resume=False):
     return cmd + (["--resume"] if resume else [])
 
 
+def committed(workdir) -> list[int]:
+    folder = workdir / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
+        if folder.is_dir() else []
+
+
 def final_state(workdir):
     from jaxcnn import data
     from jaxcnn.train import loop, rundir
@@ -64,18 +70,21 @@ def main() -> None:
     workdir = root / "killed"
     for kill in range(1, args.kills + 1):
         resume = (workdir / "config.json").exists()
+        before = committed(workdir)
         proc = subprocess.Popen(train_cmd(workdir, args, resume), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        delay = rng.uniform(4.0, max(5.0, whole_seconds * 0.6))
-        time.sleep(delay)
+        # A random moment while it trains: after 1..3 new committed checkpoints, plus a random
+        # fraction of a second (mid-step, mid-save or mid-evaluation alike).
+        target, extra = rng.randint(1, 3), rng.uniform(0.0, 1.5)
+        while len(set(committed(workdir)) - set(before)) < target and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(extra)
         finished = proc.poll() is not None
         proc.kill()
         proc.wait()
-        steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("[0-9]*") if p.name.isdigit()) \
-            if (workdir / "checkpoints").exists() else []
-        print(f"kill {kill}: SIGKILL after {delay:.1f}s"
+        print(f"kill {kill}: SIGKILL {extra:.2f}s after its {target}th new checkpoint"
               f"{' (the run had already finished)' if finished else ''}; "
-              f"committed checkpoints now: {steps}")
+              f"committed checkpoints now: {committed(workdir)}", flush=True)
     subprocess.run(train_cmd(workdir, args, resume=(workdir / "config.json").exists()),
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ours, reference = final_state(workdir), final_state(root / "whole")
