@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcnn.models.conv import Conv
 from jaxcnn.models.layers import (check_input, min_input_size, torch_batch_norm,
                                   torch_default_kernel_init)
 from jaxcnn.models.registry import register
@@ -48,11 +49,11 @@ class DenseLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = nn.relu(torch_batch_norm(train, name="norm1")(x))
-        x = nn.Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False,
-                    kernel_init=self.kernel_init, name="conv1")(x)
+        x = Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False,
+                 kernel_init=self.kernel_init, name="conv1")(x)
         x = nn.relu(torch_batch_norm(train, name="norm2")(x))
-        return nn.Conv(self.growth_rate, (3, 3), padding=1, use_bias=False,
-                       kernel_init=self.kernel_init, name="conv2")(x)
+        return Conv(self.growth_rate, (3, 3), padding=1, use_bias=False,
+                    kernel_init=self.kernel_init, name="conv2")(x)
 
 
 class DenseBlock(nn.Module):
@@ -81,8 +82,8 @@ class Transition(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = nn.relu(torch_batch_norm(train, name="norm")(x))
-        x = nn.Conv(self.features, (1, 1), use_bias=False, kernel_init=self.kernel_init,
-                    name="conv")(x)
+        x = Conv(self.features, (1, 1), use_bias=False, kernel_init=self.kernel_init,
+                 name="conv")(x)
         window = TRANSITION_POOL[:1] * 2
         return nn.avg_pool(x, window, strides=window)
 
@@ -121,8 +122,8 @@ class DenseNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_input(self.model_name, x, channels=self.in_channels, min_size=self.min_size())
         (kernel, stride, pad), (pool, pool_stride, pool_pad) = STEM
-        x = nn.Conv(self.stem_width, (kernel, kernel), (stride, stride), padding=pad,
-                    use_bias=False, kernel_init=self.kernel_init, name="conv0")(x)
+        x = Conv(self.stem_width, (kernel, kernel), (stride, stride), padding=pad,
+                 use_bias=False, kernel_init=self.kernel_init, name="conv0")(x)
         x = nn.relu(torch_batch_norm(train, name="norm0")(x))
         x = nn.max_pool(x, (pool, pool), strides=(pool_stride, pool_stride),
                         padding=((pool_pad, pool_pad), (pool_pad, pool_pad)))

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcnn.models.conv import Conv
 from jaxcnn.models.layers import check_input
 from jaxcnn.models.registry import register
 
@@ -50,8 +51,8 @@ class LeNet5(nn.Module):
             pad = max(0, (PAPER_FIELD - min(x.shape[1], x.shape[2])) // 2)
         for index, (features, kernel) in enumerate(CONV_LAYERS):
             padding = pad if index == 0 else 0
-            x = nn.Conv(features, (kernel, kernel), padding=padding,
-                        kernel_init=self.kernel_init, name=f"conv{index + 1}")(x)
+            x = Conv(features, (kernel, kernel), padding=padding,
+                     kernel_init=self.kernel_init, name=f"conv{index + 1}")(x)
             x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
@@ -193,8 +194,8 @@ class LeNet5_1998(nn.Module):
         for kind, features, kernel in LAYERS_1998:
             name = next(names)
             if kind == "conv":
-                x = nn.Conv(features, (kernel, kernel), padding="VALID", kernel_init=init,
-                            name=name)(x)
+                x = Conv(features, (kernel, kernel), padding="VALID", kernel_init=init,
+                         name=name)(x)
             elif kind == "subsample":
                 x = TrainableSubsample(kernel, kernel_init=init, name=name)(x)
             elif kind == "partial_conv":

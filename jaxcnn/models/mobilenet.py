@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcnn.models.conv import Conv
 from jaxcnn.models.layers import check_input, min_input_size, torch_batch_norm
 from jaxcnn.models.registry import register
 from jaxcnn.models.torch_convert import register_converter
@@ -62,9 +63,9 @@ class ConvBN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         pad = (self.kernel - 1) // 2
-        x = nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
-                    padding=pad, feature_group_count=self.groups, use_bias=False,
-                    kernel_init=self.kernel_init, name="conv")(x)
+        x = Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
+                 padding=pad, feature_group_count=self.groups, use_bias=False,
+                 kernel_init=self.kernel_init, name="conv")(x)
         x = torch_batch_norm(train, name="bn")(x)
         return nn.relu6(x) if self.act else x
 

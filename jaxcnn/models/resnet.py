@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcnn.models.conv import Conv
 from jaxcnn.models.layers import check_input, torch_batch_norm, torch_max_pool
 from jaxcnn.models.registry import register
 from jaxcnn.models.torch_convert import TorchWeights, register_converter
@@ -45,8 +46,8 @@ SHORTCUTS = ("projection", "zero_pad", "none")
 def conv(features: int, kernel: int, stride: int, kernel_init: Callable[..., Any],
          name: str) -> nn.Conv:
     """A bias-free convolution padded like PyTorch's ``padding=kernel // 2``."""
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=kernel // 2,
-                   use_bias=False, kernel_init=kernel_init, name=name)
+    return Conv(features, (kernel, kernel), strides=(stride, stride), padding=kernel // 2,
+                use_bias=False, kernel_init=kernel_init, name=name)
 
 
 def batch_norm(train: bool, name: str, epsilon: float = BN_EPSILON) -> nn.BatchNorm:

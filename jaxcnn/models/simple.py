@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 
+from jaxcnn.models.conv import Conv
 from jaxcnn.models.layers import check_input, min_input_size
 from jaxcnn.models.registry import register
 
@@ -64,8 +65,8 @@ class SequentialNet(nn.Module):
             if kind == "conv":
                 convs += 1
                 features, kernel = args
-                x = nn.Conv(features, (kernel, kernel), padding="VALID",
-                            kernel_init=self.kernel_init, name=f"conv{convs}")(x)
+                x = Conv(features, (kernel, kernel), padding="VALID",
+                         kernel_init=self.kernel_init, name=f"conv{convs}")(x)
                 x = nn.relu(x)
             elif kind == "pool":
                 x = nn.max_pool(x, (args[0],) * 2, strides=(args[0],) * 2)

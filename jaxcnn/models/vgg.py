@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 
+from jaxcnn.models.conv import Conv
 from jaxcnn.models.layers import (adaptive_avg_pool, check_input, min_input_size,
                                   nchw_rows_to_nhwc, torch_batch_norm)
 from jaxcnn.models.registry import register
@@ -73,8 +74,8 @@ class VGG(nn.Module):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
                 continue
             index += 1
-            x = nn.Conv(width, (3, 3), padding=1, use_bias=True, kernel_init=self.kernel_init,
-                        name=f"conv{index}")(x)
+            x = Conv(width, (3, 3), padding=1, use_bias=True, kernel_init=self.kernel_init,
+                     name=f"conv{index}")(x)
             if self.batch_norm:
                 x = torch_batch_norm(train, name=f"bn{index}")(x)
             x = nn.relu(x)

@@ -1,0 +1,68 @@
+"""The zoo's convolution (jaxcnn/models/conv.py): XLA's values, an im2col kernel gradient on CPU."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxcnn.models.conv import NHWC, Conv, conv_general_dilated, kernel_gradient
+
+CASES = [  # input, kernel, strides, padding
+    ((4, 9, 9, 3), (3, 3, 3, 5), (1, 1), ((1, 1), (1, 1))),
+    ((3, 11, 13, 2), (7, 7, 2, 4), (2, 2), ((3, 3), (3, 3))),  # a ResNet stem
+    ((2, 8, 8, 4), (1, 1, 4, 6), (2, 2), ((0, 0), (0, 0))),    # a projection shortcut
+    ((2, 10, 10, 3), (3, 3, 3, 2), (1, 1), "SAME"),
+    ((2, 10, 10, 3), (3, 3, 3, 2), (2, 1), ((0, 1), (2, 0))),  # uneven strides and padding
+]
+
+
+def loss_of(conv):
+    return lambda x, w, strides, padding: jnp.sum(jnp.sin(
+        conv(x, w, strides, padding, dimension_numbers=NHWC)))
+
+
+@pytest.mark.parametrize("x_shape,w_shape,strides,padding", CASES)
+def test_values_and_both_gradients_match_xla(x_shape, w_shape, strides, padding):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
+    ours = jax.jit(jax.value_and_grad(loss_of(conv_general_dilated), (0, 1)),
+                   static_argnums=(2, 3))(x, w, strides, padding)
+    xla = jax.jit(jax.value_and_grad(loss_of(lax.conv_general_dilated), (0, 1)),
+                  static_argnums=(2, 3))(x, w, strides, padding)
+    assert float(ours[0]) == float(xla[0])  # the forward pass is XLA's own
+    np.testing.assert_array_equal(ours[1][0], xla[1][0])  # so is the input gradient
+    np.testing.assert_allclose(ours[1][1], xla[1][1], rtol=1e-5, atol=1e-5)
+
+
+def test_the_kernel_gradient_is_the_hand_computed_sum_over_images_and_positions():
+    # 1 channel in and out, a 2x2 kernel on 3x3 images: dW[i, j] = sum_{n,h,w} x[n,h+i,w+j] g[n,h,w]
+    x = jnp.arange(18, dtype=jnp.float32).reshape(2, 3, 3, 1)
+    g = jnp.ones((2, 2, 2, 1), jnp.float32)
+    dw = kernel_gradient(x, g, (2, 2, 1, 1), (1, 1), ((0, 0), (0, 0)))
+    image = np.arange(18).reshape(2, 3, 3)
+    expected = [[image[:, i:i + 2, j:j + 2].sum() for j in range(2)] for i in range(2)]
+    np.testing.assert_array_equal(dw[..., 0, 0], np.array(expected, np.float32))
+
+
+def test_on_cpu_the_kernel_gradient_is_a_scan_over_the_batch_and_elsewhere_xla_decides():
+    x, w = jnp.ones((2, 6, 6, 3)), jnp.ones((3, 3, 3, 4))
+    grad = jax.jit(jax.grad(loss_of(conv_general_dilated), 1), static_argnums=(2, 3))
+    assert "stablehlo.while" in grad.lower(x, w, (1, 1), "SAME").as_text()
+    # grouped (depthwise) convolutions are left to XLA
+    depthwise = lambda x, w: conv_general_dilated(  # noqa: E731
+        x, w, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=3)
+    text = jax.jit(jax.grad(lambda w: jnp.sum(depthwise(x, w)))).lower(
+        jnp.ones((3, 3, 1, 3))).as_text()
+    assert "stablehlo.while" not in text
+
+
+def test_conv_is_flax_conv_with_the_same_parameters():
+    x = jnp.ones((1, 8, 8, 3))
+    ours = Conv(4, (3, 3)).init(jax.random.PRNGKey(0), x)
+    flax = nn.Conv(4, (3, 3)).init(jax.random.PRNGKey(0), x)
+    assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, flax)
+    np.testing.assert_array_equal(ours["params"]["kernel"], flax["params"]["kernel"])
