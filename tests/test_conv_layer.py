@@ -16,6 +16,8 @@ CASES = [  # input, kernel, strides, padding
     ((2, 8, 8, 4), (1, 1, 4, 6), (2, 2), ((0, 0), (0, 0))),    # a projection shortcut
     ((2, 10, 10, 3), (3, 3, 3, 2), (1, 1), "SAME"),
     ((2, 10, 10, 3), (3, 3, 3, 2), (2, 1), ((0, 1), (2, 0))),  # uneven strides and padding
+    ((3, 12, 12, 1), (5, 5, 1, 6), (1, 1), ((2, 2), (2, 2))),  # LeNet-5's C1: shift and add
+    ((2, 12, 12, 8), (3, 3, 8, 4), (1, 1), ((1, 1), (1, 1))),  # 72 taps: XLA's forward
 ]
 
 
@@ -33,9 +35,9 @@ def test_values_and_both_gradients_match_xla(x_shape, w_shape, strides, padding)
                    static_argnums=(2, 3))(x, w, strides, padding)
     xla = jax.jit(jax.value_and_grad(loss_of(lax.conv_general_dilated), (0, 1)),
                   static_argnums=(2, 3))(x, w, strides, padding)
-    assert float(ours[0]) == float(xla[0])  # the forward pass is XLA's own
-    np.testing.assert_array_equal(ours[1][0], xla[1][0])  # so is the input gradient
-    np.testing.assert_allclose(ours[1][1], xla[1][1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(float(ours[0]), float(xla[0]), rtol=1e-5)
+    for mine, theirs in zip(ours[1], xla[1]):  # input and kernel gradients
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_the_kernel_gradient_is_the_hand_computed_sum_over_images_and_positions():
@@ -60,9 +62,32 @@ def test_on_cpu_the_kernel_gradient_is_a_scan_over_the_batch_and_elsewhere_xla_d
     assert "stablehlo.while" not in text
 
 
+def test_shift_and_add_is_the_convolution_on_a_hand_computed_example():
+    from jaxcnn.models.conv import shift_and_add
+
+    x = jnp.arange(16, dtype=jnp.float32).reshape(1, 4, 4, 1)
+    w = jnp.array([[1.0, 0.0], [0.0, -1.0]]).reshape(2, 2, 1, 1)  # x[h, w] - x[h+1, w+1]
+    out = shift_and_add(x, w, (2, 2), ((0, 0), (0, 0)))
+    np.testing.assert_array_equal(out[0, :, :, 0], [[-5.0, -5.0], [-5.0, -5.0]])
+
+
 def test_conv_is_flax_conv_with_the_same_parameters():
     x = jnp.ones((1, 8, 8, 3))
     ours = Conv(4, (3, 3)).init(jax.random.PRNGKey(0), x)
     flax = nn.Conv(4, (3, 3)).init(jax.random.PRNGKey(0), x)
     assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, flax)
     np.testing.assert_array_equal(ours["params"]["kernel"], flax["params"]["kernel"])
+
+
+def test_max_pool_by_reshape_is_flax_max_pool_in_values_and_in_gradients_without_ties():
+    from jaxcnn.models.layers import max_pool
+
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 9, 7, 3)), jnp.float32)
+    np.testing.assert_array_equal(max_pool(x, 2), nn.max_pool(x, (2, 2), strides=(2, 2)))
+    weights = jnp.arange(2 * 4 * 3 * 3, dtype=jnp.float32).reshape(2, 4, 3, 3)
+    ours = jax.grad(lambda x: jnp.sum(max_pool(x, 2) * weights))(x)
+    flax = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (2, 2), strides=(2, 2)) * weights))(x)
+    np.testing.assert_array_equal(ours, flax)
+    # tied maxima share the gradient: a constant 2x2 tile gives each element a quarter
+    np.testing.assert_array_equal(jax.grad(lambda t: max_pool(t, 2).sum())(jnp.ones((1, 2, 2, 1))),
+                                  jnp.full((1, 2, 2, 1), 0.25))

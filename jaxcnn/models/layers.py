@@ -74,6 +74,24 @@ def torch_pool_padding(size: int, window: int, stride: int, padding: int = 0,
     return padding, max((out - 1) * stride + window - size - padding, 0)
 
 
+def max_pool(x: jax.Array, window: int) -> jax.Array:
+    """``window`` x ``window`` max pooling of NHWC ``x`` with stride ``window`` and no padding
+    (LeNet-5's and VGG's 2x2 pools): a trailing remainder is dropped, as ``VALID`` pooling does.
+
+    The tiles do not overlap, so this is a reshape and a max over the two window axes, whose
+    gradient XLA:CPU computes 2-3x faster than that of ``reduce_window`` (``nn.max_pool``).
+    The values are identical; the gradient differs only where a window holds tied maxima,
+    which here share it equally instead of one taking all (both are valid subgradients; after
+    a ReLU, ties sit at 0, whose ReLU gradient is 0 either way).
+    """
+    n, h, w, c = x.shape
+    oh, ow = h // window, w // window
+    if oh < 1 or ow < 1:
+        raise ValueError(f"a {window}x{window} pool has no output on a {h}x{w} input")
+    tiles = x[:, :oh * window, :ow * window, :].reshape(n, oh, window, ow, window, c)
+    return jnp.max(tiles, axis=(2, 4))
+
+
 def torch_max_pool(x: jax.Array, window: int, stride: int, padding: int = 0,
                    ceil_mode: bool = False) -> jax.Array:
     """Max pooling of NHWC ``x`` exactly as PyTorch's ``MaxPool2d`` (square window).

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.models.conv import Conv
-from jaxcnn.models.layers import check_input
+from jaxcnn.models.layers import check_input, max_pool
 from jaxcnn.models.registry import register
 
 # (features, kernel) of the two convolutions and the widths of the hidden dense layers.
@@ -54,7 +54,7 @@ class LeNet5(nn.Module):
             x = Conv(features, (kernel, kernel), padding=padding,
                      kernel_init=self.kernel_init, name=f"conv{index + 1}")(x)
             x = nn.relu(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool(x, 2)
         x = x.reshape((x.shape[0], -1))
         for index, width in enumerate(DENSE_LAYERS):
             x = nn.relu(nn.Dense(width, kernel_init=self.kernel_init, name=f"fc{index + 1}")(x))

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 
 from jaxcnn.models.conv import Conv
-from jaxcnn.models.layers import check_input, min_input_size
+from jaxcnn.models.layers import check_input, max_pool, min_input_size
 from jaxcnn.models.registry import register
 
 # Each network as its layers in order: ("conv", features, kernel), ("pool", window),
@@ -69,7 +69,7 @@ class SequentialNet(nn.Module):
                          kernel_init=self.kernel_init, name=f"conv{convs}")(x)
                 x = nn.relu(x)
             elif kind == "pool":
-                x = nn.max_pool(x, (args[0],) * 2, strides=(args[0],) * 2)
+                x = max_pool(x, args[0])
             elif kind == "dropout":
                 x = nn.Dropout(args[0], deterministic=not train)(x)
             elif kind == "dense":

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 
 from jaxcnn.models.conv import Conv
-from jaxcnn.models.layers import (adaptive_avg_pool, check_input, min_input_size,
+from jaxcnn.models.layers import (adaptive_avg_pool, check_input, max_pool, min_input_size,
                                   nchw_rows_to_nhwc, torch_batch_norm)
 from jaxcnn.models.registry import register
 from jaxcnn.models.torch_convert import register_converter
@@ -71,7 +71,7 @@ class VGG(nn.Module):
         index = 0
         for width in self.config:
             if width == "M":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool(x, 2)
                 continue
             index += 1
             x = Conv(width, (3, 3), padding=1, use_bias=True, kernel_init=self.kernel_init,
