@@ -91,3 +91,15 @@ def test_max_pool_by_reshape_is_flax_max_pool_in_values_and_in_gradients_without
     # tied maxima share the gradient: a constant 2x2 tile gives each element a quarter
     np.testing.assert_array_equal(jax.grad(lambda t: max_pool(t, 2).sum())(jnp.ones((1, 2, 2, 1))),
                                   jnp.full((1, 2, 2, 1), 0.25))
+
+
+def test_within_plain_lax_layers_a_model_traces_plain_lax_convolutions():
+    from jaxcnn.models import get_model
+    from jaxcnn.models.conv import plain_lax_layers
+
+    model, x = get_model("lenet5"), jnp.ones((1, 28, 28, 1))
+    variables = model.init(jax.random.PRNGKey(0), x)
+    with plain_lax_layers():
+        plain = str(jax.make_jaxpr(model.apply)(variables, x))
+    assert "cond" not in plain and plain.count("conv_general_dilated") == 2
+    assert "cond" in str(jax.make_jaxpr(model.apply)(variables, x))  # the CPU/GPU switch

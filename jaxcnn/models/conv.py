@@ -21,8 +21,10 @@ equal XLA's up to float32 summation order (relative differences of about 1e-6).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -35,6 +37,25 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 MAX_PATCH_ELEMENTS = 2 ** 21
 # Up to this many kernel taps (kh*kw*C_in), the CPU forward pass is :func:`shift_and_add`.
 MAX_SHIFTED_TERMS = 32
+
+
+_XLA_ONLY = contextvars.ContextVar("jaxcnn_plain_lax_layers", default=False)
+
+
+@contextlib.contextmanager
+def plain_lax_layers() -> Iterator[None]:
+    """Within it, models trace one ``lax.conv_general_dilated`` per convolution (no CPU/GPU
+    switch) and ``reduce_window`` per max pool (``jaxcnn.models.layers.max_pool``): for tools
+    that read a model's jaxpr (``jaxcnn.ops.receptive_field``), or to compare speeds."""
+    token = _XLA_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _XLA_ONLY.reset(token)
+
+
+def plain_lax_active() -> bool:
+    return _XLA_ONLY.get()
 
 
 def _plain(x, w, strides, padding):
@@ -129,8 +150,8 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
     pads = _pads(padding, lhs.shape, rhs.shape, strides)
     dilations = tuple(None if d is None else tuple(d) for d in (lhs_dilation, rhs_dilation))
     extra = (batch_group_count != 1, precision is not None, preferred_element_type is not None)
-    if not _uses_im2col_grad(lhs, rhs, dimension_numbers, strides, pads, dilations,
-                             feature_group_count, extra):
+    if _XLA_ONLY.get() or not _uses_im2col_grad(lhs, rhs, dimension_numbers, strides, pads,
+                                                 dilations, feature_group_count, extra):
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type)

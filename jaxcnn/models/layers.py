@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.errors import InputShapeError
+from jaxcnn.models.conv import plain_lax_active
 
 
 def check_input(model: str, x: jax.Array, *, channels: int | None, min_size: int) -> None:
@@ -84,6 +85,8 @@ def max_pool(x: jax.Array, window: int) -> jax.Array:
     which here share it equally instead of one taking all (both are valid subgradients; after
     a ReLU, ties sit at 0, whose ReLU gradient is 0 either way).
     """
+    if plain_lax_active():
+        return nn.max_pool(x, (window, window), strides=(window, window))
     n, h, w, c = x.shape
     oh, ow = h // window, w // window
     if oh < 1 or ow < 1:

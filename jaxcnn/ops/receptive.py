@@ -268,7 +268,10 @@ def receptive_field(name_or_model: str | nn.Module,
     key = jax.random.key(0)
     variables = jax.eval_shape(
         lambda x: model.init({"params": key, "dropout": key}, x, **kwargs), x)
-    closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, **kwargs))(variables, x)
+    from jaxcnn.models.conv import plain_lax_layers
+
+    with plain_lax_layers():  # one plain convolution per layer, no CPU/GPU switch to follow
+        closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, **kwargs))(variables, x)
     walker = _Walker()
     fields: list[_Field | None] = [None] * len(closed.jaxpr.invars)
     fields[-1] = _Field(axes=(1, 2), size=shape[:2], ndim=4, rf=(1, 1), jump=(1, 1),

@@ -21,30 +21,12 @@ def write_history(workdir: str | pathlib.Path, records: list[dict]) -> None:
 
 
 def plot_curves(workdir: str | pathlib.Path, records: list[dict], title: str = "") -> pathlib.Path:
-    """Draws loss and accuracy against epoch, train and test, into ``curves.png``."""
-    import matplotlib
+    """Draws loss and accuracy against epoch, train and test, into ``curves.png``
+    (:func:`jaxcnn.viz.plot_history`, drawn off-screen: no pyplot backend is touched)."""
+    from jaxcnn.viz import plot_history
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in records]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for split, style in (("train", "-"), ("test", "--")):
-        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in records], style, marker="o",
-                     label=split)
-        ax_acc.plot(epochs, [100 * r[f"{split}_accuracy"] for r in records], style, marker="o",
-                    label=split)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
     path = pathlib.Path(workdir) / "curves.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plot_history(records, title=title or None, path=path)
     return path
 
 
