@@ -196,6 +196,27 @@ def test_confusion_history_misclassified_and_saliency_figures(lenet, tmp_path):
     assert len(fig.axes) == 6 and fig.axes[1].get_title() == "saliency of 1"
 
 
+def test_history_axes_tick_whole_epochs_even_for_one_epoch():
+    def record(e):
+        return {"epoch": e, "train_loss": 1 / e, "test_loss": 1.1 / e, "train_accuracy": 0.9,
+                "test_accuracy": 0.95}
+
+    one = viz.plot_history([record(1)])
+    assert all(list(ax.get_xticks()) == [1] for ax in one.axes)  # not 0.96, 0.98, ...
+    three = viz.plot_history([record(e) for e in (1, 2, 3)])
+    assert all(list(ax.get_xticks()) == [1, 2, 3] for ax in three.axes)
+    many = viz.plot_history([record(e) for e in range(1, 41)])
+    assert all(float(t).is_integer() for ax in many.axes for t in ax.get_xticks())
+
+
+def test_figures_render_as_png_in_a_fresh_ipython_kernel():
+    """Before pyplot's inline backend starts, IPython only calls _repr_png_ to show a figure."""
+    formatters = pytest.importorskip("IPython.core.formatters")
+    fig = viz.plot_confusion(viz.confusion_matrix([0, 1], [0, 0], 2))
+    png = formatters.PNGFormatter()(fig)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
 # --- a real run ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

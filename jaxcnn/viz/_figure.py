@@ -1,12 +1,15 @@
 """Shared pieces of the figures: Agg-backed figures, saving, tile grids and input scaling.
 
 Figures are built as bare :class:`matplotlib.figure.Figure` objects on an Agg canvas, not
-through ``pyplot``: writing files never depends on (or changes) the session's backend, no
-figure is left open in pyplot's registry, and a notebook still shows a returned figure inline
-(IPython renders any ``Figure`` it is given).
+through ``pyplot``: writing files never depends on (or changes) the session's backend, and no
+figure is left open in pyplot's registry. A notebook still shows a returned figure inline:
+IPython renders a plain ``Figure`` only once pyplot's inline backend has started (after a first
+``pyplot`` figure or ``%matplotlib inline``), so these figures also carry ``_repr_png_``, which
+IPython uses in a fresh kernel too.
 """
 from __future__ import annotations
 
+import io
 import math
 import pathlib
 
@@ -17,10 +20,19 @@ from matplotlib.figure import Figure
 DPI = 100
 
 
+class ShownFigure(Figure):
+    """A :class:`Figure` that IPython displays as a PNG whether or not pyplot ever ran."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+        return buffer.getvalue()
+
+
 def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
     """A figure of ``width`` x ``height`` inches drawn by Agg (constrained layout by default,
     which keeps titles and tiles from overlapping)."""
-    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
+    fig = ShownFigure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 

@@ -7,6 +7,8 @@ import pathlib
 from jaxcnn.errors import RunDirError
 from jaxcnn.viz._figure import new_figure, save
 
+MAX_EPOCH_TICKS = 15
+
 
 def read_records(history_records_or_workdir) -> tuple[list[dict], str]:
     """The history records and a title (``model on dataset`` for a run directory)."""
@@ -59,6 +61,10 @@ def plot_history(history_records_or_workdir, *, title: str | None = None, path=N
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        if len(epochs) <= MAX_EPOCH_TICKS:  # a tick at every epoch, none between epochs
+            ax.set_xticks(epochs)
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title or default_title or "training curves")
     return save(fig, path)
