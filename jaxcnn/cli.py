@@ -28,7 +28,8 @@ CONFIG_OPTIONS = {
     "--manual-dir": (str, "folder of the dataset's original files (offline build)"),
     "--augment": (str, "augmentations, e.g. crop:4,flip,rotate:10,noise:0.02"),
     "--parallel": (str, "jit (mesh + shardings, default) or pmap"),
-    "--dtype": (str, "compute precision: float32 or bfloat16 (parameters stay float32)"),
+    "--dtype": (str, "compute precision: float32, bfloat16, or float16 with dynamic loss "
+                     "scaling (parameters and optimizer state stay float32)"),
 }
 
 
@@ -63,6 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("models", help="list the registered models")
 
+    experiment = commands.add_parser(
+        "experiment", help="run a scripted experiment of experiments/ (results table, figures)")
+    experiment.add_argument("name", help="mnist_case_study, lenet5, fashion_mnist, depth, init, "
+                                         "regularization, augmentation, transfer, optimizers")
+    experiment.add_argument("--quick", action="store_true", help="a tiny budget (CI)")
+    experiment.add_argument("--workdir", default=None,
+                            help="default runs/experiments/NAME (NAME-quick with --quick)")
+    experiment.add_argument("--restart", action="store_true",
+                            help="delete the workdir first instead of reusing finished arms")
+    experiment.add_argument("--data-root", default=None,
+                            help="folder holding mnist/ and fashion_mnist/ original files")
+    experiment.add_argument("--data-dir", default=None, help="TFDS data directory")
+
     predict = commands.add_parser("predict", help="top-5 classes of image files by a run's model")
     predict.add_argument("--workdir", required=True, help="the run directory")
     predict.add_argument("images", nargs="+", help="PNG or JPEG files")
@@ -71,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     viz.add_argument("--workdir", required=True, help="the run directory")
     viz.add_argument("--max-examples", type=int, default=None,
                      help="use only the first N test examples")
+
+    for command in (train, evaluate, experiment, predict, viz):
+        command.add_argument(
+            "--compile-cache", default=None, metavar="DIR|off",
+            help="persistent XLA compilation cache (default: $JAXCNN_COMPILE_CACHE, else "
+                 "~/.cache/jaxcnn/xla); 'off' disables it")
 
     summary = commands.add_parser("summary", help="layers, shapes, parameters and MACs of a model")
     summary.add_argument("name", help="registered model name")
@@ -138,6 +158,20 @@ def run_eval(args: argparse.Namespace) -> None:
     print(json.dumps(loop.evaluate_run(args.workdir, args.split)))
 
 
+def run_experiment(args: argparse.Namespace) -> None:
+    """``jaxcnn experiment NAME``: the experiments live in the source checkout, next to jaxcnn/."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if not (root / "experiments" / "run.py").is_file():
+        raise JaxCNNError(f"the experiments ship with jaxcnn's source checkout (experiments/), "
+                          f"not found next to {root / 'jaxcnn'}; clone the repository and run "
+                          "`python -m experiments.run NAME` there")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from experiments.run import run_from_args
+
+    run_from_args(args)
+
+
 def run_summary(args: argparse.Namespace) -> None:
     from jaxcnn.models.summary import format_summary, summarize
 
@@ -153,12 +187,20 @@ def run_summary(args: argparse.Namespace) -> None:
     print(format_summary(summarize(args.name, shape, args.num_classes), max_depth=args.depth))
 
 
+# Commands that compile train or eval steps, and so use the persistent compilation cache.
+COMPILING_COMMANDS = ("train", "eval", "experiment", "predict", "viz")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     try:
         rest, overrides = split_config_overrides(argv)
         args = parser.parse_args(rest)
+        if args.command in COMPILING_COMMANDS:
+            from jaxcnn.train.compile_cache import enable_compilation_cache
+
+            enable_compilation_cache(args.compile_cache)
         if overrides and args.command != "train":
             raise JaxCNNError(f"--config.KEY=VALUE applies to `jaxcnn train`, not `{args.command}`")
         if args.command == "train":
@@ -178,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
         elif args.command == "summary":
             run_summary(args)
+        elif args.command == "experiment":
+            run_experiment(args)
         elif args.command == "models":
             from jaxcnn.models import list_models, model_info
 

@@ -11,6 +11,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -18,6 +19,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = pathlib.Path(os.environ.get("JAXCNN_SHARED_DATA", ROOT.parent / "shared" / "data"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# The CLI's persistent compilation cache: one throwaway directory for the whole test session
+# (shared by the subprocesses tests start), never the user's ~/.cache.
+os.environ.setdefault("JAXCNN_COMPILE_CACHE", tempfile.mkdtemp(prefix="jaxcnn-test-xla-cache-"))
 
 
 def skip_or_fail(reason: str) -> None:

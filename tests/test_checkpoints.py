@@ -211,3 +211,129 @@ def test_a_real_sigterm_stops_jaxcnn_train_with_exit_0_and_a_checkpoint(tmp_path
     checkpoints = Checkpoints(workdir)
     assert checkpoints.latest_step() == step
     checkpoints.close()
+
+
+def test_float16_trains_and_its_loss_scale_survives_a_resume(tmp_path, tfds_dir, monkeypatch):
+    import math
+
+    from jaxcnn.train import state as state_lib
+
+    # A short growth period, so the scale moves within the run (2**15, doubling every 8 steps).
+    monkeypatch.setattr(state_lib, "LOSS_SCALE_PERIOD", 8)
+    whole, cut = tmp_path / "whole16", tmp_path / "cut16"
+    outcome = loop.fit(loop.prepare(config_for(tfds_dir, dtype="float16"), whole),
+                       log=lambda *a: None)
+    first, second = outcome.records
+    assert second["train_loss"] < first["train_loss"] < math.log(10)  # it learns in float16
+    assert second["test_accuracy"] > 0.8
+    assert second["loss_scale"] != state_lib.LOSS_SCALE_INITIAL
+
+    interrupt_after(monkeypatch, 30)  # (counts batches from here: the next run stops at 31)
+    stopped = loop.fit(loop.prepare(config_for(tfds_dir, dtype="float16"), cut),
+                       log=lambda *a: None)
+    assert stopped.stopped_by == "SIGTERM" and stopped.step == 31
+    saved = final_tree(cut, tfds_dir, dtype="float16")
+    assert saved["step"] == 31 and set(saved["loss_scale"]) == {"scale", "good_steps"}
+    assert saved["loss_scale"]["scale"] != state_lib.LOSS_SCALE_INITIAL
+    loop.fit(loop.prepare(config_for(tfds_dir, dtype="float16"), cut, resume=True),
+             log=lambda *a: None)
+    ours, reference = final_tree(cut, tfds_dir, dtype="float16"), final_tree(
+        whole, tfds_dir, dtype="float16")
+    assert ours["loss_scale"] == reference["loss_scale"]
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def full_disk_shim(tmp_path_factory):
+    """tests/full_disk_shim.c built as a shared library (a disk that is full on demand)."""
+    import shutil
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        from conftest import skip_or_fail
+
+        skip_or_fail("no C compiler (cc) to build tests/full_disk_shim.c")
+    out = tmp_path_factory.mktemp("shim") / "full_disk_shim.so"
+    source = pathlib.Path(__file__).parent / "full_disk_shim.c"
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(out), str(source), "-ldl"],
+                   check=True)
+    return out
+
+
+def committed_steps(workdir) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_a_disk_that_fills_up_during_a_save_stops_the_run_and_resume_uses_the_last_complete(
+        tmp_path, tfds_dir, full_disk_shim, capsys):
+    workdir, trigger = tmp_path / "full", tmp_path / "disk_is_full"
+    # Every write under checkpoints/ fails with ENOSPC once `trigger` exists: tensorstore's
+    # (the arrays) and Python's (metadata, manifests) alike, as on a real full disk.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "LD_PRELOAD": str(full_disk_shim),
+           "JAXCNN_FULL_DIR": str(workdir / "checkpoints"), "JAXCNN_FULL_TRIGGER": str(trigger)}
+    cmd = [str(pathlib.Path(sys.executable).parent / "jaxcnn"), "train", "--epochs", "50",
+           "--workdir", str(workdir), "--data-dir", tfds_dir,
+           "--config.checkpoint_every_steps=10"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    deadline = time.time() + 300
+    while not (workdir / "checkpoints" / "10").is_dir() and time.time() < deadline:
+        time.sleep(0.05)
+    trigger.touch()  # the disk fills up while the run trains and saves every 10 steps
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, (out, err)
+    message = err[err.index("jaxcnn: error: "):].strip()  # (after tqdm's progress bar)
+    assert message.startswith("jaxcnn: error: the disk is full: writing "), err
+    assert "No space left on device" in message and "mounted at /" in message
+    last = committed_steps(workdir)[-1]
+    assert f"the last complete checkpoint is step {last}." in message
+    assert f"then continue with: jaxcnn train --resume --workdir {workdir}" in message
+    # No half-written step is left behind for a resume to trip over.
+    assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
+
+    trigger.unlink()  # space freed: the resumed run starts from the last complete checkpoint
+    epochs = last // STEPS_PER_EPOCH + 1
+    capsys.readouterr()
+    assert main(["train", "--resume", "--workdir", str(workdir), "--epochs", str(epochs)]) == 0
+    printed = capsys.readouterr().out
+    assert f"resumed {workdir} at step {last} " in printed, printed
+    assert committed_steps(workdir)[-1] == epochs * STEPS_PER_EPOCH
+
+
+def test_predict_applies_the_runs_own_preprocessing(tmp_path, tfds_dir):
+    from PIL import Image
+
+    from jaxcnn.train.inference import predict_files
+    from jaxcnn.train.parallel import DataParallel
+
+    workdir = tmp_path / "normalised"
+    config = config_for(tfds_dir, epochs=1, preprocess="per_channel")
+    loop.fit(loop.prepare(config, workdir), log=lambda *a: None)
+    images, _ = data.load_split("digits", "test", tfds_dir)
+    paths = []
+    for i in range(3):  # 28x28 grey PNGs: lossless copies of the first test images
+        paths.append(tmp_path / f"test{i}.png")
+        Image.fromarray(images[i, :, :, 0]).save(paths[-1])
+    predicted = predict_files(workdir, paths, top=10)
+
+    # The evaluation pipeline of the same run on the same images.
+    model, variables, spec = jaxcnn_load(workdir)
+    pipeline = loop.make_pipeline(config, DataParallel("jit", devices=jax.devices()[:1]))
+    batch = next(iter(pipeline.eval_batches("test")))
+    assert abs(float(np.mean(batch["image"]))) < 0.5  # normalised, not in [0, 1]
+    probs = np.asarray(jax.nn.softmax(model.apply(variables, batch["image"][:3], train=False)))
+    for result, expected in zip(predicted, probs):
+        got = np.zeros(10)
+        for name, p in result["top"]:
+            got[spec.class_names.index(name)] = p
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    # (What predict did before: pixels / 255 only. The run's statistics make a difference.)
+    naive = np.asarray(jax.nn.softmax(model.apply(variables, images[:3] / 255.0, train=False)))
+    assert np.abs(naive - probs).max() > 1e-2
+
+
+def jaxcnn_load(workdir):
+    import jaxcnn
+
+    return jaxcnn.load(workdir)

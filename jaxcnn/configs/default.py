@@ -30,9 +30,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.momentum = 0.9         # sgd only
     config.parallel = "jit"       # jit (mesh + shardings) | pmap: data parallel over devices
     config.ghost_bn = False       # BatchNorm statistics per device instead of global
-    config.dtype = "float32"      # compute precision: float32 | bfloat16 (params stay float32)
+    config.dtype = "float32"      # compute: float32 | bfloat16 | float16 (loss-scaled); params f32
     config.checkpoint_keep = 3    # newest checkpoints kept in the run's checkpoints/
     config.checkpoint_every_steps = 0  # also save every N steps (0: at epoch ends only)
     config.best_metric = "test_accuracy"  # the best checkpoint (checkpoints/best) by this
     config.nonfinite = "stop"     # stop | skip | ignore: a step with a NaN/inf loss or gradient
+    # Data subsets (TFDS split syntax), model arguments, transfer learning (jaxcnn.train.transfer).
+    config.train_split = "train"  # e.g. "train[:4000]": train on the first 4,000 examples
+    config.eval_split = "test"    # evaluated after every epoch (reported as test_*)
+    config.model_kwargs = ml_collections.ConfigDict()  # builder arguments, e.g. kernel_init
+    config.init_from = ""         # run directory or torchvision weights (.npz/.pth) to start from
+    config.head = ""              # the classifier module(s) to re-initialise ("": found)
+    config.freeze = ""            # path patterns kept fixed, e.g. "backbone" or "conv1,conv2"
+    config.trainable = ""         # or: the only patterns trained, e.g. "head"
+    config.lr_groups = ""         # per-pattern learning rates, e.g. "head=1e-3,backbone=1e-4"
     return config

@@ -57,10 +57,10 @@ class DatasetSpec:
     version: str = ""
 
     def split_size(self, split: str) -> int:
-        if split not in self.split_sizes:
-            raise DataError(f"dataset {self.name!r} has no split {split!r}; "
-                            f"its splits: {', '.join(sorted(self.split_sizes))}")
-        return self.split_sizes[split]
+        """Examples in ``split``: a split's name or a TFDS slice of it (``"train[:4000]"``)."""
+        if split in self.split_sizes:
+            return self.split_sizes[split]
+        return sliced_size(self.name, self.split_sizes, split)
 
     @property
     def fixed_shape(self) -> bool:
@@ -79,6 +79,29 @@ class DatasetSpec:
         if not self.fixed_shape:
             return math.inf
         return float(self.split_size(split) * math.prod(self.image_shape))
+
+
+class _Size:
+    def __init__(self, num_examples: int):
+        self.num_examples = num_examples
+
+
+def sliced_size(name: str, split_sizes: dict, split: str) -> int:
+    """Examples in a TFDS split expression such as ``"train[:4000]"``, ``"test[:50%]"`` or
+    ``"train+test"`` (the TFDS slicing API); raises :class:`DataError` naming the splits."""
+    try:
+        parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(
+            {k: _Size(v) for k, v in split_sizes.items()})
+    except (ValueError, KeyError, AssertionError, TypeError):
+        raise DataError(f"dataset {name!r} has no split {split!r}; its splits: "
+                        f"{', '.join(sorted(split_sizes))}, or a TFDS slice of them such as "
+                        "'train[:4000]' or 'test[:50%]'") from None
+    size = sum(max(0, (p.to if p.to is not None else split_sizes[p.splitname]) - (p.from_ or 0))
+               for p in parts)
+    if size == 0:
+        raise DataError(f"split {split!r} of dataset {name!r} holds no example; choose a "
+                        "non-empty slice")
+    return size
 
 
 def tensorflow_on_cpu():
@@ -214,8 +237,7 @@ def load_split(name: str, split: str, data_dir: str | None = None,
     """Reads a whole split into memory as ``(images uint8 NHWC, labels int32)``."""
     builder = prepared_builder(name, data_dir, manual_dir)
     if split not in builder.info.splits:
-        raise DataError(f"dataset {name!r} has no split {split!r}; "
-                        f"its splits: {', '.join(sorted(builder.info.splits.keys()))}")
+        sliced_size(name, {k: v.num_examples for k, v in builder.info.splits.items()}, split)
     shape = tuple(builder.info.features["image"].shape)
     if None in shape:
         raise InputShapeError(

@@ -22,18 +22,20 @@ from tqdm.auto import tqdm
 from jaxcnn import data
 from jaxcnn.configs.loading import validate
 from jaxcnn.errors import DivergedError, unknown
-from jaxcnn.models import get_model_for, model_info
+from jaxcnn.models import model_info
 from jaxcnn.train import history as hist
-from jaxcnn.train import rundir
+from jaxcnn.train import rundir, transfer
+from jaxcnn.train.builder import build_model
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.optim import make_optimizer
 from jaxcnn.train.parallel import DataParallel
 from jaxcnn.train.signals import PreemptionGuard
-from jaxcnn.train.state import TrainState, create_train_state
+from jaxcnn.train.state import TrainState, create_train_state, loss_scale_for
 from jaxcnn.train.steps import eval_step, metric_sums, summarize, train_step
 
 
-COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+# float16 trains with a dynamic loss scale (jaxcnn.train.state.LossScale).
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @dataclasses.dataclass
@@ -63,8 +65,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | None = None,
     spec = data.dataset_spec(config.dataset, config.data_dir or None, config.manual_dir or None)
     if not config.num_classes:
         config.num_classes = spec.num_classes
-    model = get_model_for(config.model, spec.image_shape, num_classes=config.num_classes)
-    data.steps_per_epoch(spec.split_size("train"), config.batch_size)
+    model = build_model(config, spec.image_shape)
+    data.steps_per_epoch(spec.split_size(config.get("train_split", "train")), config.batch_size)
+    spec.split_size(config.get("eval_split", "test"))
     if config.dtype not in COMPUTE_DTYPES:
         raise unknown("dtype", config.dtype, COMPUTE_DTYPES)
     parallel = make_parallel(config)
@@ -72,8 +75,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | None = None,
     parallel.check_batch(config.eval_batch_size, "eval batch size")
     # Tracing init checks the model against the dataset's image shape, with no compile.
     data.parse_augment(config.augment or None)
-    jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                   jnp.zeros((1, *spec.input_shape(config.image_size or None))))
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                            jnp.zeros((1, *spec.input_shape(config.image_size or None))))
+    transfer.check(config, shapes["params"])  # init_from, head, freeze/lr_groups patterns
     path = pathlib.Path(workdir) if workdir else rundir.default_workdir(config)
     if resume:
         rundir.check_resume(path, rundir.read_run_config(path), config)
@@ -82,11 +86,16 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | None = None,
     return Run(config=config, workdir=path, spec=spec, resume=resume)
 
 
-def new_state(config: ml_collections.ConfigDict, spec: data.DatasetSpec) -> TrainState:
+def new_state(config: ml_collections.ConfigDict, spec: data.DatasetSpec,
+              tx=None) -> TrainState:
+    """A fresh state of ``config``'s model; ``tx`` replaces the config's optimizer."""
     shape = spec.input_shape(config.get("image_size") or None)
-    model = get_model_for(config.model, shape, num_classes=config.num_classes)
-    total_steps = config.epochs * data.steps_per_epoch(spec.split_size("train"), config.batch_size)
-    return create_train_state(model, shape, make_optimizer(config, total_steps), config.seed)
+    model = build_model(config, shape)
+    train_size = spec.split_size(config.get("train_split", "train"))
+    total_steps = config.epochs * data.steps_per_epoch(train_size, config.batch_size)
+    tx = tx or make_optimizer(config, total_steps)
+    return create_train_state(model, shape, tx, config.seed,
+                              loss_scale=loss_scale_for(config.get("dtype", "float32")))
 
 
 def make_pipeline(config: ml_collections.ConfigDict, parallel: DataParallel):
@@ -96,7 +105,9 @@ def make_pipeline(config: ml_collections.ConfigDict, parallel: DataParallel):
         seed=config.seed, data_dir=config.get("data_dir") or None,
         manual_dir=config.get("manual_dir") or None, preprocess=config.get("preprocess", "auto"),
         augment=config.get("augment") or None, mode=config.get("input_mode", "auto"),
-        image_size=config.get("image_size") or None, mesh=parallel.mesh)
+        image_size=config.get("image_size") or None, mesh=parallel.mesh,
+        train_split=config.get("train_split", "train"),
+        eval_splits=(config.get("eval_split", "test"),))
 
 
 def feeder(parallel: DataParallel):
@@ -159,12 +170,18 @@ def make_parallel(config: ml_collections.ConfigDict) -> DataParallel:
                         dtype=COMPUTE_DTYPES[config.dtype], nonfinite=config.nonfinite)
 
 
-def fit(run: Run, log=print) -> Outcome:
+def fit(run: Run, log=print, *, variables: dict | None = None, tx=None) -> Outcome:
     """Trains ``run`` to ``config.epochs`` epochs; returns the history and how it ended.
 
     Every process of a multi-process run calls this; only process 0 writes the config,
     history, curves and TensorBoard files and prints (checkpoints are written through Orbax's
     multi-process support).
+
+    A new run starts from ``variables`` (``{"params", "batch_stats"}`` of the config's model)
+    if given, else from ``config.init_from`` if set (:mod:`jaxcnn.train.transfer`), else from
+    the model's initialisation. ``tx`` replaces the optimizer the config names (pass the same
+    one again to resume such a run). The per-epoch ``test_*`` metrics are those of
+    ``config.eval_split``.
     """
     config, workdir = run.config, run.workdir
     main = jax.process_index() == 0
@@ -172,7 +189,7 @@ def fit(run: Run, log=print) -> Outcome:
     parallel = make_parallel(config)
     pipeline, feed = make_pipeline(config, parallel), feeder(parallel)
     steps = pipeline.steps_per_epoch
-    host_state = new_state(config, run.spec)
+    host_state = new_state(config, run.spec, tx)
     sums = zero_sums(config.num_classes)
     sync("jaxcnn: every process checked its input")  # no process writes before all checked
     if main:
@@ -181,6 +198,8 @@ def fit(run: Run, log=print) -> Outcome:
     sync("jaxcnn: run directory ready")
     checkpoints = Checkpoints(workdir, max_to_keep=config.checkpoint_keep)
     records = []
+    if not run.resume or checkpoints.latest_step() is None:
+        host_state = transfer.start_from(host_state, config, variables, log)
     if run.resume and checkpoints.latest_step() is None:
         log(f"{workdir} has no checkpoint yet (it stopped before the first): starting at step 0")
     elif run.resume:
@@ -235,7 +254,8 @@ def fit(run: Run, log=print) -> Outcome:
                 check_finite(parallel.get_state(state), config, checkpoints)
                 train = summarize(parallel.to_host(sums))  # waits for the epoch's steps
                 trained = time.perf_counter()
-                test = evaluate(state, pipeline.eval_batches("test"), jit_eval, feed,
+                test = evaluate(state, pipeline.eval_batches(config.get("eval_split", "test")),
+                                jit_eval, feed,
                                 parallel.to_host)
                 record = epoch_record(epoch, train, test, time.perf_counter() - began,
                                       parallel.get_state(state), config)
@@ -278,6 +298,8 @@ def epoch_record(epoch: int, train: dict, test: dict, seconds: float, state: Tra
         record["test_top5_accuracy"] = test["top5_accuracy"]
     if config.nonfinite != "stop":
         record["nonfinite_steps_total"] = int(state.nonfinite_count)
+    if state.loss_scale is not None:  # float16: the dynamic loss scale at the epoch's end
+        record["loss_scale"] = float(state.loss_scale.scale)
     return record
 
 

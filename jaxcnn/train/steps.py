@@ -85,6 +85,11 @@ def _forward(state: TrainState, params, images, dropout_key, ghost_groups: int, 
     return outputs, _cast(stats, jnp.float32) if dtype else stats
 
 
+def all_finite(tree) -> jax.Array:
+    """Whether every element of every leaf of ``tree`` is finite (one boolean)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def train_step(state: TrainState, batch: dict, nonfinite: str = "stop",
                axis_name: str | None = None, ghost_groups: int = 0,
                dtype=None) -> tuple[TrainState, dict]:
@@ -100,10 +105,17 @@ def train_step(state: TrainState, batch: dict, nonfinite: str = "stop",
     BatchNorm statistics per group of the batch; ``dtype`` (e.g. ``jnp.bfloat16``) is the
     compute precision, parameters and optimizer state staying float32. Bind the options with
     ``functools.partial`` before compiling.
+
+    With a ``state.loss_scale`` (float16 compute), the loss is scaled before differentiation
+    and the gradients unscaled before the update (Micikevicius et al. 2018). A step whose loss
+    is finite but whose gradients overflowed is the scale's business, not divergence: it is
+    skipped under every ``nonfinite`` policy, the scale halved, and it is not counted as
+    non-finite, unless the scale is already at its minimum.
     """
     dropout_key = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:  # each device draws its own dropout masks
         dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
+    scaler = state.loss_scale
 
     def loss_fn(params):
         (logits, *aux), stats = _forward(state, params, batch["image"], dropout_key,
@@ -111,25 +123,42 @@ def train_step(state: TrainState, batch: dict, nonfinite: str = "stop",
         loss = jnp.mean(cross_entropy(logits, batch["label"]))
         for aux_logits in aux:
             loss += AUX_LOSS_WEIGHT * jnp.mean(cross_entropy(aux_logits, batch["label"]))
-        return loss, (logits, stats)
+        scaled = loss if scaler is None else loss * scaler.scale
+        return scaled, (loss, logits, stats)
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    if scaler is not None:
+        grads = jax.tree.map(lambda g: g / scaler.scale, grads)
     if axis_name is not None:
         loss, grads, batch_stats = jax.lax.pmean((loss, grads, batch_stats), axis_name)
     new_state = state.apply_gradients(grads, batch_stats)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    if scaler is None:
+        overflow = jnp.zeros((), bool)
+        finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    else:
+        grads_ok = all_finite(grads)
+        overflow = jnp.isfinite(loss) & ~grads_ok & (scaler.scale > scaler.minimum)
+        finite = jnp.isfinite(loss) & (grads_ok | overflow)
+        new_state = new_state.replace(loss_scale=scaler.update(jnp.isfinite(loss) & grads_ok))
     new_state = new_state.replace(
         nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
         first_nonfinite_step=jnp.where((~finite) & (state.first_nonfinite_step < 0),
                                        state.step, state.first_nonfinite_step))
     if nonfinite == "ignore":
-        sums = metric_sums(logits, batch["label"])
+        keep = ~overflow
+    elif nonfinite == "skip":
+        keep = finite & ~overflow
     else:
-        keep = finite if nonfinite == "skip" else finite & (new_state.first_nonfinite_step < 0)
+        keep = finite & ~overflow & (new_state.first_nonfinite_step < 0)
+    if nonfinite != "ignore" or scaler is not None:
         kept = jax.tree.map(lambda new, old: jnp.where(keep, new, old),
                             (new_state.params, new_state.batch_stats, new_state.opt_state),
                             (state.params, state.batch_stats, state.opt_state))
         new_state = new_state.replace(params=kept[0], batch_stats=kept[1], opt_state=kept[2])
+    if nonfinite == "ignore":
+        sums = metric_sums(logits, batch["label"])
+    else:
         mask = jnp.broadcast_to(finite, batch["label"].shape).astype(jnp.float32)
         sums = metric_sums(jnp.where(finite, logits, 0.0), batch["label"], mask)
     if axis_name is not None:

@@ -1,0 +1,312 @@
+"""Wall time from process start to 99% MNIST test accuracy: jaxcnn against plain PyTorch.
+
+Each run is a fresh subprocess, timed by this parent from the moment it starts the process
+to the moment the process reports that an evaluation on all 10,000 real MNIST test images
+reached ``--target`` (99.0%), so interpreter start, imports, reading the IDX files, building
+the model and compiling are all included. Runs alternate between the two frameworks (jaxcnn
+seed 0, PyTorch seed 0, jaxcnn seed 1, ...), so machine-load drift hits both alike; the mean
+and spread over ``--seeds`` seeds are printed.
+
+Both sides train the same model on the same data with the same recipe: images scaled to
+[0, 1] and normalised with MNIST's mean and standard deviation (0.1307, 0.3081), the 60,000
+training images reshuffled every epoch in batches of ``--batch`` (the last partial batch
+dropped), Adam with a one-cycle learning-rate schedule (``optax.cosine_onecycle_schedule``;
+the PyTorch script computes the same formula each step), and a test evaluation every
+``1/--evals-per-epoch`` of an epoch. No augmentation, no persistent compilation cache.
+
+- jaxcnn: ``jaxcnn.models.get_model`` and the library's own ``jaxcnn.train.train_step``;
+  the whole training set lives on the device and ``jax.lax.scan`` runs the steps between two
+  evaluations in one dispatch, each step gathering its batch from a permutation
+  (``--loop step`` dispatches one jitted gather+step per batch instead).
+- PyTorch (``benchmarks/_torch_side.py tta``, under ``--torch-python`` /
+  ``$JAXCNN_TORCH_PYTHON``, default ``.venv-torch/bin/python``): the same network in
+  channels_last, eager, ``torch.optim.Adam``, indexing the in-memory training tensors.
+
+    python benchmarks/time_to_accuracy.py [--seeds 5] [--model lenet5] [--batch 128]
+        [--lr 3e-3] [--epochs 3] [--evals-per-epoch 2] [--no-torch]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+START = time.perf_counter()
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TORCH_SIDE = pathlib.Path(__file__).resolve().parent / "_torch_side.py"
+DEFAULT_TORCH_PYTHON = ROOT / ".venv-torch" / "bin" / "python"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mnist"
+MEAN, STD = 0.1307, 0.3081
+
+
+def load() -> str:
+    return "%.2f %.2f %.2f" % os.getloadavg()
+
+
+# --- the jaxcnn worker (a subprocess) -------------------------------------------------------------
+
+
+def read_idx(path: str):
+    import gzip
+
+    import numpy as np  # noqa: F811
+
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    ndim = raw[3]
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_mnist(data_dir: str):
+    """``((train images, labels), (test images, labels))``: uint8 ``(N, 28, 28)``, uint8 ``(N,)``."""
+    def pair(prefix):
+        return (read_idx(os.path.join(data_dir, f"{prefix}-images-idx3-ubyte.gz")),
+                read_idx(os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz")))
+    return pair("train"), pair("t10k")
+
+
+def jax_worker(args) -> None:
+    import functools
+    import threading
+
+    def emit(**kw):
+        print(json.dumps(kw), flush=True)
+
+    # gunzip the IDX files in a thread (zlib lets go of the GIL) while JAX imports and compiles
+    loaded = {}
+    reader = threading.Thread(target=lambda: loaded.update(data=load_mnist(args.data_dir)))
+    reader.start()
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jaxcnn.models import get_model
+    from jaxcnn.train import create_train_state, train_step
+
+    emit(event="imported", t=time.perf_counter() - START)
+    n_train, n_test, bs = 60000, 10000, args.batch
+    steps_per_epoch = n_train // bs
+    total = round(steps_per_epoch * args.epochs)
+    tx = optax.adam(make_schedule(args, total))
+    state = create_train_state(get_model(args.model), (28, 28, 1), tx, seed=args.seed)
+    step_fn = functools.partial(train_step, nonfinite=args.nonfinite)
+
+    def gather(x, y, idx):
+        """The batch ``idx`` of the uint8 images on the device, normalised (fused into the step)."""
+        image = (jnp.take(x, idx, axis=0).astype(jnp.float32) * (1 / 255.0) - MEAN) / STD
+        return {"image": image[..., None], "label": jnp.take(y, idx, axis=0).astype(jnp.int32)}
+
+    def train_chunk(state, x, y, idx):  # idx: (steps, batch), one dispatch for all of them
+        def body(state, batch_idx):
+            state, sums = step_fn(state, gather(x, y, batch_idx))
+            return state, sums["loss_sum"]
+        return jax.lax.scan(body, state, idx)
+
+    def train_one(state, x, y, idx):  # idx: (batch,)
+        return step_fn(state, gather(x, y, idx))
+
+    eval_batch = 2000
+
+    def correct(state, x, y):
+        variables = {"params": state.params}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+
+        def hits(chunk):
+            images = (chunk[0].astype(jnp.float32) * (1 / 255.0) - MEAN) / STD
+            logits = state.apply_fn(variables, images[..., None], train=False)
+            return jnp.sum(jnp.argmax(logits, -1) == chunk[1].astype(jnp.int32))
+
+        return jnp.sum(jax.lax.map(hits, (x.reshape(-1, eval_batch, 28, 28),
+                                          y.reshape(-1, eval_batch))))
+
+    # compile ahead of time from shapes, while the reader thread still gunzips
+    shape = jax.ShapeDtypeStruct
+    x_tr, y_tr = shape((n_train, 28, 28), jnp.uint8), shape((n_train,), jnp.uint8)
+    x_te, y_te = shape((n_test, 28, 28), jnp.uint8), shape((n_test,), jnp.uint8)
+    if args.loop == "scan":
+        chunk = jax.jit(train_chunk, donate_argnums=0)  # compiled per chunk length, on first use
+    else:
+        one = jax.jit(train_one, donate_argnums=0).lower(
+            state, x_tr, y_tr, shape((bs,), jnp.int32)).compile()
+    evaluate = jax.jit(correct).lower(state, x_te, y_te).compile()
+    emit(event="compiled", t=time.perf_counter() - START)
+    reader.join()
+    (x_train, y_train), (x_test, y_test) = loaded["data"]
+    x_train, y_train = jax.device_put(x_train), jax.device_put(y_train)
+    x_test, y_test = jax.device_put(x_test), jax.device_put(y_test)
+    emit(event="ready", t=time.perf_counter() - START)
+
+    # evaluation points: global step counts after which the test set is scored
+    every = steps_per_epoch / args.evals_per_epoch
+    evals = sorted({min(total, round(every * k)) for k in range(1, math.ceil(total / every) + 1)})
+    key = jax.random.PRNGKey(args.seed)
+    done = 0  # global steps so far
+    for stop in evals:
+        while done < stop:
+            epoch, offset = divmod(done, steps_per_epoch)
+            if offset == 0:  # a fresh permutation each epoch
+                perm = jax.random.permutation(jax.random.fold_in(key, epoch), n_train)
+                perm = perm[:steps_per_epoch * bs].reshape(steps_per_epoch, bs)
+            end = min(stop, (epoch + 1) * steps_per_epoch) - epoch * steps_per_epoch
+            if args.loop == "scan":
+                state, _ = chunk(state, x_train, y_train, perm[offset:end])
+            else:
+                for i in range(offset, end):
+                    state, _ = one(state, x_train, y_train, perm[i])
+            done = epoch * steps_per_epoch + end
+        acc = int(evaluate(state, x_test, y_test)) / n_test
+        where = done / steps_per_epoch
+        emit(event="eval", epoch=where, accuracy=acc, t=time.perf_counter() - START)
+        if acc >= args.target:
+            emit(event="reached", epoch=where, accuracy=acc, t=time.perf_counter() - START)
+            return
+    emit(event="not_reached", t=time.perf_counter() - START)
+
+
+def make_schedule(args, total: int):
+    import optax
+
+    if args.schedule == "constant":
+        return args.lr
+    if args.schedule == "cosine":
+        return optax.cosine_decay_schedule(args.lr, total)
+    return optax.cosine_onecycle_schedule(total, args.lr, pct_start=args.warmup,
+                                          div_factor=25.0, final_div_factor=1e4)
+
+
+# --- the parent ---------------------------------------------------------------------------------
+
+
+def run_one(cmd: list[str], env=None) -> dict:
+    """Starts ``cmd``, reads its JSON lines; returns the wall time to 'reached' and the trail."""
+    began = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    result = {"reached": None, "evals": [], "ready": None}
+    for line in proc.stdout:
+        now = time.perf_counter() - began
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if msg["event"] == "ready":
+            result["ready"] = now
+        elif msg["event"] == "eval":
+            result["evals"].append((msg["epoch"], msg["accuracy"], now))
+        elif msg["event"] == "reached":
+            result["reached"] = now
+            result["epoch"] = msg["epoch"]
+            break
+    proc.stdout.close()
+    err = proc.stderr.read()
+    code = proc.wait()
+    if result["reached"] is None and code:
+        result["error"] = err[-2000:]
+    return result
+
+
+def recipe_args(args) -> list[str]:
+    return ["--model", args.model, "--batch", str(args.batch), "--lr", str(args.lr),
+            "--schedule", args.schedule, "--warmup", str(args.warmup),
+            "--epochs", str(args.epochs), "--evals-per-epoch", str(args.evals_per_epoch),
+            "--target", str(args.target), "--data-dir", str(args.data_dir)]
+
+
+def describe(name: str, runs: list[dict]) -> str:
+    times = [r["reached"] for r in runs if r["reached"] is not None]
+    failed = len(runs) - len(times)
+    if not times:
+        return f"{name:8s} never reached the target in {len(runs)} runs"
+    sd = statistics.stdev(times) if len(times) > 1 else 0.0
+    epochs = [r["epoch"] for r in runs if r["reached"] is not None]
+    ready = statistics.mean(r["ready"] for r in runs if r["ready"] is not None)
+    return (f"{name:8s} mean {statistics.mean(times):5.1f} s, sd {sd:4.1f} s, min "
+            f"{min(times):5.1f} s, max {max(times):5.1f} s over {len(times)} seeds"
+            f"{f' ({failed} missed the target)' if failed else ''}; epochs to target "
+            f"mean {statistics.mean(epochs):.2f}; start-up (imports, data, setup) "
+            f"{ready:.1f} s")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--model", default="lenet5", choices=("lenet5", "mnist_cnn"))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--schedule", default="onecycle", choices=("onecycle", "cosine",
+                                                                   "constant"))
+    parser.add_argument("--warmup", type=float, default=0.2,
+                        help="one-cycle: fraction of the steps spent rising to the peak")
+    parser.add_argument("--epochs", type=float, default=3,
+                        help="length of the schedule (runs stop at the target)")
+    parser.add_argument("--evals-per-epoch", type=int, default=2)
+    parser.add_argument("--target", type=float, default=0.99)
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    parser.add_argument("--loop", default="step", choices=("scan", "step"),
+                        help="jaxcnn: scan the steps between evaluations, or one dispatch a step")
+    parser.add_argument("--nonfinite", default="stop", choices=("stop", "skip", "ignore"),
+                        help="jaxcnn train_step's non-finite guard")
+    parser.add_argument("--torch-python", default=None)
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--no-jax", action="store_true")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        jax_worker(args)
+        return
+
+    print(f"load average (1, 5, 15 min) at start: {load()}", flush=True)
+    print(f"recipe: {args.model}, batch {args.batch}, Adam, {args.schedule} schedule peaking at "
+          f"lr {args.lr} over {args.epochs} epochs, test evaluation every "
+          f"1/{args.evals_per_epoch} epoch, target {args.target:.1%} on the 10,000 test images; "
+          f"jaxcnn loop: {args.loop}, nonfinite={args.nonfinite!r}; "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+    torch_py = args.torch_python or os.environ.get("JAXCNN_TORCH_PYTHON") or str(
+        DEFAULT_TORCH_PYTHON)
+    sides = {}
+    if not args.no_jax:
+        sides["jaxcnn"] = lambda seed: [sys.executable, __file__, "--worker", "--seed", str(seed),
+                                        "--loop", args.loop, "--nonfinite", args.nonfinite,
+                                        *recipe_args(args)]
+    if not args.no_torch:
+        if os.path.exists(torch_py):
+            sides["PyTorch"] = lambda seed: [torch_py, str(TORCH_SIDE), "tta", "--seed",
+                                             str(seed), *recipe_args(args)]
+        else:
+            print(f"no PyTorch interpreter at {torch_py}; jaxcnn only")
+    runs = {name: [] for name in sides}
+    for seed in range(args.seeds):
+        for name, cmd in sides.items():
+            result = run_one(cmd(seed))
+            runs[name].append(result)
+            trail = ", ".join(f"{e:.2f}:{a:.4f}" for e, a, _ in result["evals"])
+            got = (f"{result['reached']:.1f} s" if result["reached"] is not None
+                   else "not reached")
+            print(f"  seed {seed} {name:8s} {got:>12s}  (epoch:test accuracy {trail}) "
+                  f"load {os.getloadavg()[0]:.2f}", flush=True)
+            if "error" in result:
+                print(result["error"])
+    print()
+    for name in sides:
+        print(describe(name, runs[name]))
+    if len(sides) == 2 and all(any(r["reached"] for r in v) for v in runs.values()):
+        j = statistics.mean(r["reached"] for r in runs["jaxcnn"] if r["reached"])
+        t = statistics.mean(r["reached"] for r in runs["PyTorch"] if r["reached"])
+        print(f"jaxcnn/PyTorch time ratio: {j / t:.2f} (below 1: jaxcnn is faster)")
+    print(f"load average (1, 5, 15 min) at end: {load()}")
+
+
+if __name__ == "__main__":
+    main()
