@@ -88,7 +88,7 @@ def test_an_arm_can_only_start_from_an_earlier_arm(tmp_path):
     with pytest.raises(ConfigError, match="must name an earlier arm"):
         experiments.arm_config(exp, "scratch", False, tmp_path)
     config = experiments.arm_config(exp, "fine_tuning", True, tmp_path)
-    assert config.init_from == str(tmp_path / "pretrain") and config.epochs == 3
+    assert config.init_from == str(tmp_path / "pretrain") and config.epochs == 1
 
 
 def test_a_workdir_of_other_settings_is_refused(data, tmp_path):
