@@ -78,7 +78,7 @@ def train_seconds(arm, upto: int | None = None) -> float:
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "backend": jax.default_backend(),
             "processor": platform.processor() or platform.machine(),
-            "load_average_1min_at_end": round(os.getloadavg()[0], 2)}
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}  # 1, 5, 15 min
 
 
 # --- one summary per experiment --------------------------------------------------------------
@@ -202,7 +202,8 @@ def plot(exp, arms, workdir: pathlib.Path, name: str) -> list[pathlib.Path]:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
-    for index, (arm, result) in enumerate(arms.items()):
+    drawn = {a: r for a, r in arms.items() if not exp.figure_arms or a in exp.figure_arms}
+    for index, (arm, result) in enumerate(drawn.items()):
         epochs = [r["epoch"] for r in result.records]
         style = {"color": f"C{index}", "marker": "o", "markersize": 3, "label": arm}
         if exp.figure == "error":

@@ -30,6 +30,7 @@ class Experiment:
       target: a test accuracy the claim names (the summary reports when it was reached).
       figure: what the figure shows: ``"accuracy"`` (test accuracy and training loss per
         epoch) or ``"error"`` (training and test error), ``""`` for none.
+      figure_arms: the arms drawn (default: all).
     """
 
     title: str
@@ -43,6 +44,7 @@ class Experiment:
     quick_arms: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     target: float = 0.0
     figure: str = "accuracy"
+    figure_arms: tuple[str, ...] = ()
 
 
 def base_config(**overrides) -> ml_collections.ConfigDict:

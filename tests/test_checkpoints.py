@@ -302,6 +302,7 @@ def test_a_disk_that_fills_up_during_a_save_stops_the_run_and_resume_uses_the_la
 
 
 def test_predict_applies_the_runs_own_preprocessing(tmp_path, tfds_dir):
+    import jaxcnn
     from PIL import Image
 
     from jaxcnn.train.inference import predict_files
@@ -318,7 +319,7 @@ def test_predict_applies_the_runs_own_preprocessing(tmp_path, tfds_dir):
     predicted = predict_files(workdir, paths, top=10)
 
     # The evaluation pipeline of the same run on the same images.
-    model, variables, spec = jaxcnn_load(workdir)
+    model, variables, spec = jaxcnn.load(workdir)
     pipeline = loop.make_pipeline(config, DataParallel("jit", devices=jax.devices()[:1]))
     batch = next(iter(pipeline.eval_batches("test")))
     assert abs(float(np.mean(batch["image"]))) < 0.5  # normalised, not in [0, 1]
@@ -331,9 +332,3 @@ def test_predict_applies_the_runs_own_preprocessing(tmp_path, tfds_dir):
     # (What predict did before: pixels / 255 only. The run's statistics make a difference.)
     naive = np.asarray(jax.nn.softmax(model.apply(variables, images[:3] / 255.0, train=False)))
     assert np.abs(naive - probs).max() > 1e-2
-
-
-def jaxcnn_load(workdir):
-    import jaxcnn
-
-    return jaxcnn.load(workdir)

@@ -73,6 +73,17 @@ def test_frozen_parameters_stay_bitwise_unchanged(overrides):
             assert not np.array_equal(after[path], before[path]), path
 
 
+def test_freeze_wraps_any_optax_optimizer():
+    import optax
+
+    tx = transfer.freeze(optax.sgd(0.1, momentum=0.9), ["conv*", "fc1/kernel"])
+    state = create_train_state(get_model("lenet5", num_classes=10), SHAPE, tx, seed=0)
+    before, after = flat(state.params), flat(train(state, steps=2).params)
+    for path in before:
+        fixed = path.startswith("conv") or path == "fc1/kernel"
+        assert (after[path].tobytes() == before[path].tobytes()) == fixed, path
+
+
 def test_frozen_parameters_have_no_optimizer_state():
     free, _ = lenet_state()
     frozen, _ = lenet_state(trainable="head")

@@ -50,5 +50,6 @@ def get_experiment():
         quick={"epochs": 1},
         quick_arms={"pretrain": {"train_split": "train[:4096]"}},
         analysis="transfer", figure="accuracy",
+        figure_arms=("scratch", "feature_extraction", "fine_tuning", "fine_tuning_later"),
         budget="pretraining on all 60,000 MNIST images for 2 epochs of batch 64; then the "
                "first 1,000 Fashion-MNIST training images, 20 epochs of batch 32 (620 steps)")

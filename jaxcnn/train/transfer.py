@@ -28,6 +28,13 @@ The config keys (all off by default):
 - ``lr_groups``: ``"PATTERN=LR,..."``; a parameter takes the learning rate of the first
   pattern it matches, ``config.lr`` if none. Each group follows ``config.schedule``.
 
+The same from Python: :func:`load_backbone` (a run or torchvision weights),
+:func:`transplant` (the backbone's weights into a freshly initialised model),
+:func:`replace_head` (a classifier re-initialised for a new class count),
+:func:`partition_by_path` (labels for ``optax.multi_transform``) and :func:`freeze` (any
+optax optimizer with some parameters fixed), then
+``jaxcnn.train.loop.fit(run, variables=..., tx=...)``.
+
 BatchNorm in a frozen backbone: its scale and offset are parameters and stay frozen, but the
 train step still normalises with the batch's statistics and updates the running averages
 (Ioffe and Szegedy, 2015), as PyTorch does for a backbone with ``requires_grad=False`` left in
@@ -148,6 +155,19 @@ def partition_by_path(params: PyTree, groups, default: str = DEFAULT,
                             default)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     return jax.tree_util.tree_unflatten(treedef, [labels[p] for p in flat])
+
+
+def freeze(tx, patterns, head: str = ""):
+    """``tx`` for every parameter except those ``patterns`` match (a comma-separated string or
+    a list of globs, ``head``/``backbone`` included), which stay fixed: an
+    ``optax.multi_transform`` giving them ``optax.set_to_zero()``. For the API; from a config,
+    ``config.freeze`` builds the same."""
+    import optax
+
+    patterns = split_list(patterns) if isinstance(patterns, str) else list(patterns)
+    return optax.multi_transform(
+        {DEFAULT: tx, FROZEN: optax.set_to_zero()},
+        lambda params: partition_by_path(params, [(FROZEN, patterns)], head=head))
 
 
 # --- optimizer groups from a config ----------------------------------------------------------
