@@ -18,6 +18,8 @@ CASES = [  # input, kernel, strides, padding
     ((2, 10, 10, 3), (3, 3, 3, 2), (2, 1), ((0, 1), (2, 0))),  # uneven strides and padding
     ((3, 12, 12, 1), (5, 5, 1, 6), (1, 1), ((2, 2), (2, 2))),  # LeNet-5's C1: shift and add
     ((2, 12, 12, 8), (3, 3, 8, 4), (1, 1), ((1, 1), (1, 1))),  # 72 taps: XLA's forward
+    ((3, 2, 2, 6), (3, 3, 6, 5), (1, 1), ((1, 1), (1, 1))),    # kernel > input: im2col_conv
+    ((2, 3, 2, 4), (3, 3, 4, 2), (2, 1), ((1, 1), (1, 1))),    # the same, strided, not square
 ]
 
 
@@ -50,16 +52,57 @@ def test_the_kernel_gradient_is_the_hand_computed_sum_over_images_and_positions(
     np.testing.assert_array_equal(dw[..., 0, 0], np.array(expected, np.float32))
 
 
-def test_on_cpu_the_kernel_gradient_is_a_scan_over_the_batch_and_elsewhere_xla_decides():
+def test_the_kernel_gradient_scans_chunks_of_the_batch_that_fit_the_patch_limit(monkeypatch):
+    from jaxcnn.models import conv
+
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(12, 6, 6, 3)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(12, 6, 6, 4)), jnp.float32)
+    args = ((3, 3, 3, 4), (1, 1), ((1, 1), (1, 1)))
+    whole = kernel_gradient(x, g, *args)  # 27 * 36 elements an image: one chunk of 12
+    monkeypatch.setattr(conv, "MAX_PATCH_ELEMENTS", 27 * 36 * 5)  # 5 images fit: chunks of 4
+    assert conv._chunk_size(12, 27 * 36) == 4
+    text = jax.jit(lambda x, g: kernel_gradient(x, g, *args)).lower(x, g).as_text()
+    assert "stablehlo.while" in text and "tensor<3x4x8x8x3xf32>" in text  # 3 chunks of 4 padded images
+    np.testing.assert_allclose(kernel_gradient(x, g, *args), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_on_cpu_each_convolution_takes_its_route_and_elsewhere_xla_decides():
+    from jaxcnn.models.conv import _cpu_route
+
+    def route(x_shape, w_shape, groups=1, dtype=jnp.float32):
+        x, w = jnp.ones(x_shape, dtype), jnp.ones(w_shape, dtype)
+        return _cpu_route(x, w, NHWC, (1, 1), ((1, 1), (1, 1)), (None, None), groups,
+                          (False, False, False))
+
+    assert route((2, 2, 2, 512), (3, 3, 512, 8)) == "im2col"  # ResNet-50's last stage at 64x64
+    assert route((2, 16, 16, 64), (1, 1, 64, 256)) == "custom"
+    assert route((2, 28, 28, 1), (5, 5, 1, 6)) == "custom"
+    assert route((2, 224, 224, 64), (3, 3, 64, 64)) == "lax"  # patches too large for im2col
+    assert route((2, 8, 8, 6), (3, 3, 2, 6), groups=3) == "lax"
+    assert route((2, 8, 8, 3), (3, 3, 3, 4), dtype=jnp.bfloat16) == "lax"
     x, w = jnp.ones((2, 6, 6, 3)), jnp.ones((3, 3, 3, 4))
     grad = jax.jit(jax.grad(loss_of(conv_general_dilated), 1), static_argnums=(2, 3))
-    assert "stablehlo.while" in grad.lower(x, w, (1, 1), "SAME").as_text()
+    text = grad.lower(x, w, (1, 1), "SAME").as_text()
+    assert "stablehlo.case" in text  # the CPU/other-platform switch
     # grouped (depthwise) convolutions are left to XLA
     depthwise = lambda x, w: conv_general_dilated(  # noqa: E731
         x, w, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=3)
     text = jax.jit(jax.grad(lambda w: jnp.sum(depthwise(x, w)))).lower(
         jnp.ones((3, 3, 1, 3))).as_text()
-    assert "stablehlo.while" not in text
+    assert "stablehlo.case" not in text
+
+
+def test_a_kernel_larger_than_its_input_is_one_patch_matmul_on_a_hand_computed_example():
+    from jaxcnn.models.conv import im2col_conv
+
+    # 2x2 image, 3x3 kernel, padding 1: output[h, w] = sum of x[a, b] * k[a - h + 1, b - w + 1]
+    x = jnp.array([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 2, 2, 1)
+    k = jnp.arange(9, dtype=jnp.float32).reshape(3, 3, 1, 1)
+    out = im2col_conv(x, k, (1, 1), ((1, 1), (1, 1)))[0, :, :, 0]
+    expected = [[sum(float(x[0, a, b, 0]) * float(k[a - h + 1, b - w + 1, 0, 0])
+                     for a in range(2) for b in range(2)) for w in range(2)] for h in range(2)]
+    np.testing.assert_array_equal(out, np.array(expected, np.float32))
 
 
 def test_shift_and_add_is_the_convolution_on_a_hand_computed_example():

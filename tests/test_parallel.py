@@ -58,12 +58,13 @@ def test_resnet20_in_float32_on_8_devices_differs_from_one_device_only_by_roundi
     difference, such as per-device instead of global BatchNorm statistics, shows at step 1.
     """
     report = equivalence("--devices", "8", "--model", "resnet20", "--optimizer", "sgd",
-                         "--at", "1", "--modes", "jit,pmap,perturbed")
+                         "--at", "1", "--steps", "10", "--modes", "jit,pmap,perturbed")
     perturbed = report["perturbed"]["whole_rel_diff"]
     for mode in ("jit", "pmap"):
         first = report[mode]["by_step"]["1"]
         assert first["params"] < 1e-5 and first["batch_stats"] < 1e-6, report[mode]
-        # After 20 steps: no further from one device than one rounding of the start leads.
+        # After 10 steps (to keep CI short): no further from one device than one rounding
+        # of the start leads to (2.9e-2 against 2.6e-2 measured).
         assert report[mode]["whole_rel_diff"] < 4 * perturbed, (report[mode], perturbed)
 
 

@@ -1,19 +1,27 @@
-"""The zoo's convolution: XLA's own, with a faster kernel gradient on the CPU.
+"""The zoo's convolution: XLA's own, routed around XLA:CPU's slow cases.
 
-XLA:CPU runs a convolution's forward pass and its input gradient close to the machine's
-matmul rate, but its kernel (weight) gradient, which XLA computes as one more convolution
-whose "filter" is the output gradient, as large as the image, runs several times slower: on
-these 2 cores, for the lecture MNIST CNN's second layer (26x26x32 -> 24x24x64, batch 128),
-about 2-4x the time of the forward pass and input gradient together.
+On the CPU (2 x86 cores, JAX 0.12, batch 128; ``benchmarks/conv_routes.py`` times each layer
+alone, ``benchmarks/throughput.py`` whole train steps):
 
-On the CPU, :func:`conv_general_dilated` therefore computes the kernel gradient the way
-Caffe and early cuDNN did (im2col, Chellapilla, Puri and Simard 2006): for each image its
-patch matrix (kh*kw*C rows, one column per output pixel) times its output gradient, summed
-over the batch by a ``lax.scan`` so that one image's patches stay in cache. The input
-gradient stays XLA's, and so does the forward pass, except for first layers with at most
-32 kernel taps (kh*kw*C_in), where XLA:CPU is slowest (5x5x1: 10 ms for a batch of 128 on
-one core) and a fused sum of shifted slices is about 4-10x faster (:func:`shift_and_add`). On other platforms (and for grouped, dilated or
-non-float32 convolutions) nothing changes: ``lax.conv_general_dilated`` runs.
+- The kernel (weight) gradient, which XLA computes as one more convolution whose "filter"
+  is the output gradient, is computed as a matmul of patches (im2col, Chellapilla, Puri and
+  Simard 2006): patches^T @ output gradient over chunks of the batch scanned by ``lax.scan``
+  (:func:`kernel_gradient`). It is much faster for 1x1 convolutions (ResNet-50's 16x16x64 ->
+  256 expansion: 78 -> 7.5 ms) and first layers (28x28x1 -> 32: 5.5 -> 1.4 ms); for 3x3
+  layers with many channels XLA's is faster alone (16x16x64 -> 64: 16 against 23 ms), yet
+  whole train steps were faster with im2col everywhere (resnet20: 290 against 217-239
+  images/s with XLA's for 3x3 layers of 16+ channels), so every float32 layer whose patches
+  fit :data:`MAX_PATCH_ELEMENTS` takes it.
+- First layers with at most 32 kernel taps (kh*kw*C_in: LeNet-5's 5x5x1, a CIFAR stem's
+  3x3x3) run the forward pass as a fused sum of shifted slices (:func:`shift_and_add`:
+  LeNet-5's C1 5.4 -> 0.6 ms).
+- A kernel larger than its input (ResNet-50's 3x3 convolutions on the 2x2 maps of a 64x64
+  image) takes XLA:CPU about a second per batch, forward and input gradient, at 2 GFLOP/s;
+  here it is one matmul of the patch matrix (:func:`im2col_conv`, 12 ms), differentiated by
+  JAX. ResNet-50 at 64x64 trains 2x faster for this alone.
+
+Other platforms, and grouped, dilated or non-float32 convolutions, run
+``lax.conv_general_dilated`` unchanged.
 
 :data:`Conv` is ``flax.linen.Conv`` with this function plugged in: same parameters, names
 and shapes, so checkpoints and converted torchvision weights are unaffected. The results
@@ -33,8 +41,11 @@ from jax import lax
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # The largest patch matrix of one image (elements) that still gains from im2col; above it
-# (e.g. 224x224 feature maps) XLA's own convolution is kept.
+# (e.g. 224x224 feature maps) XLA's own convolution is kept. Chunks of the batch for the
+# kernel gradient hold up to this many elements too.
 MAX_PATCH_ELEMENTS = 2 ** 21
+# The largest patch matrix of a whole batch for :func:`im2col_conv` (256 MB in float32).
+MAX_BATCH_PATCH_ELEMENTS = 2 ** 26
 # Up to this many kernel taps (kh*kw*C_in), the CPU forward pass is :func:`shift_and_add`.
 MAX_SHIFTED_TERMS = 32
 
@@ -91,23 +102,53 @@ def _forward(x, w, strides, padding):
     return _cpu_forward(x, w, strides, padding), (x, w)
 
 
+def patches(x, kernel_hw, strides, padding):
+    """Each output position's receptive field as one row: ``(N, OH, OW, kh*kw*C)`` from an
+    NHWC ``x``, ordered as an HWIO kernel reshaped to ``(kh*kw*C, O)``."""
+    (kh, kw), (sh, sw) = kernel_hw, strides
+    x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    return jnp.concatenate([x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+                            for i in range(kh) for j in range(kw)], axis=-1)
+
+
+def im2col_conv(x, w, strides, padding):
+    """The convolution as one matmul, patches @ kernel: for tiny maps, where XLA:CPU's
+    convolution is pathologically slow."""
+    kh, kw, c, o = w.shape
+    return patches(x, (kh, kw), strides, padding) @ w.reshape(kh * kw * c, o)
+
+
+def _chunk_size(n: int, per_image: int) -> int:
+    """The largest divisor of the batch ``n`` whose patch matrices fit MAX_PATCH_ELEMENTS."""
+    b = max(1, min(n, MAX_PATCH_ELEMENTS // max(per_image, 1)))
+    while n % b:
+        b -= 1
+    return b
+
+
 def kernel_gradient(x, g, kernel_shape, strides, padding):
     """d(loss)/d(kernel) of an NHWC/HWIO convolution from its input ``x`` and output gradient
-    ``g``: the sum over images of patches(image)^T @ g(image), as a scan over the batch."""
+    ``g``: patches^T @ g summed over the batch, in chunks of images scanned by ``lax.scan``
+    so that one chunk's patch matrix stays small."""
     kh, kw, c, o = kernel_shape
-    (sh, sw), (oh, ow) = strides, g.shape[1:3]
+    (sh, sw), (n, oh, ow) = strides, g.shape[:3]
+    chunk = _chunk_size(n, kh * kw * c * oh * ow)
     x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
 
-    def add_image(total, pair):
-        image, grad = pair
-        channels_first = jnp.transpose(image, (2, 0, 1))
-        patches = jnp.stack([channels_first[:, i:i + sh * (oh - 1) + 1:sh,
-                                            j:j + sw * (ow - 1) + 1:sw]
-                             for i in range(kh) for j in range(kw)])
-        return total + patches.reshape(kh * kw * c, oh * ow) @ grad.reshape(oh * ow, o), None
+    def add_chunk(total, pair):
+        images, grads = pair  # patches channel-major: (kh*kw*C, chunk*OH*OW), the faster layout
+        channels_first = jnp.transpose(images, (3, 0, 1, 2))
+        cols = jnp.stack([channels_first[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+                          for i in range(kh) for j in range(kw)])
+        return total + cols.reshape(kh * kw * c, -1) @ grads.reshape(-1, o), None
 
     total = jnp.zeros((kh * kw * c, o), jnp.result_type(x, g))
-    total, _ = lax.scan(add_image, total, (x, g))
+    pairs = (x.reshape(n // chunk, chunk, *x.shape[1:]), g.reshape(n // chunk, chunk, *g.shape[1:]))
+    if n == chunk:
+        total, _ = add_chunk(total, (pairs[0][0], pairs[1][0]))
+    else:
+        total, _ = lax.scan(add_chunk, total, pairs)
     return total.reshape(kernel_shape)
 
 
@@ -126,40 +167,49 @@ def _pads(padding, x_shape, w_shape, strides):
     return tuple(tuple(int(p) for p in pair) for pair in padding)
 
 
-def _uses_im2col_grad(lhs, rhs, dims, strides, pads, dilations, groups, extra) -> bool:
+def _cpu_route(lhs, rhs, dims, strides, pads, dilations, groups, extra) -> str:
+    """``"im2col"`` (kernel larger than the input), ``"custom"`` (the im2col kernel gradient)
+    or ``"lax"`` (not float32 NHWC, grouped, dilated, or patches too large)."""
     if lhs.ndim != 4 or groups != 1 or any(extra) or lhs.dtype != jnp.float32:
-        return False
+        return "lax"
     if rhs.dtype != jnp.float32 or any(d not in (None, (1, 1)) for d in dilations):
-        return False
+        return "lax"
     if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dims) != \
             lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC):
-        return False
+        return "lax"
     if any(p < 0 for pair in pads for p in pair):
-        return False
+        return "lax"
     kh, kw, c, _ = rhs.shape
     out_h = (lhs.shape[1] + sum(pads[0]) - kh) // strides[0] + 1
     out_w = (lhs.shape[2] + sum(pads[1]) - kw) // strides[1] + 1
-    return kh * kw * c * out_h * out_w <= MAX_PATCH_ELEMENTS
+    per_image = kh * kw * c * out_h * out_w
+    if kh > lhs.shape[1] or kw > lhs.shape[2]:
+        return "im2col" if per_image * lhs.shape[0] <= MAX_BATCH_PATCH_ELEMENTS else "lax"
+    if per_image <= MAX_PATCH_ELEMENTS:
+        return "custom"
+    return "lax"
 
 
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None):
-    """``lax.conv_general_dilated``, whose kernel gradient on the CPU is computed by im2col."""
+    """``lax.conv_general_dilated``, routed on the CPU as the module's docstring says."""
     strides = tuple(int(s) for s in window_strides)
     pads = _pads(padding, lhs.shape, rhs.shape, strides)
     dilations = tuple(None if d is None else tuple(d) for d in (lhs_dilation, rhs_dilation))
     extra = (batch_group_count != 1, precision is not None, preferred_element_type is not None)
-    if _XLA_ONLY.get() or not _uses_im2col_grad(lhs, rhs, dimension_numbers, strides, pads,
-                                                 dilations, feature_group_count, extra):
+    route = "lax" if _XLA_ONLY.get() else _cpu_route(
+        lhs, rhs, dimension_numbers, strides, pads, dilations, feature_group_count, extra)
+    if route == "lax":
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type)
+    cpu = im2col_conv if route == "im2col" else _conv_im2col_grad
     return lax.platform_dependent(
         lhs, rhs,
-        cpu=lambda x, w: _conv_im2col_grad(x, w, strides, pads),
+        cpu=lambda x, w: cpu(x, w, strides, pads),
         default=lambda x, w: _plain(x, w, strides, pads))
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
-"""``flax.linen.Conv`` with :func:`conv_general_dilated` (the im2col kernel gradient on CPU)."""
+"""``flax.linen.Conv`` with :func:`conv_general_dilated` (XLA:CPU's slow cases routed around)."""
