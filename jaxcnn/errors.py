@@ -29,6 +29,10 @@ class RunDirError(JaxCNNError):
     """A workdir that is not a run, or holds a run that does not match the request."""
 
 
+class DiskFullError(RunDirError):
+    """The disk of a run directory filled up while a checkpoint or a record was being written."""
+
+
 def unknown(kind: str, value: str, known) -> UnknownNameError:
     """Builds the error for an unknown ``kind`` named ``value``, listing the known names."""
     names = ", ".join(sorted(known))

@@ -332,3 +332,26 @@ def test_predict_applies_the_runs_own_preprocessing(tmp_path, tfds_dir):
     # (What predict did before: pixels / 255 only. The run's statistics make a difference.)
     naive = np.asarray(jax.nn.softmax(model.apply(variables, images[:3] / 255.0, train=False)))
     assert np.abs(naive - probs).max() > 1e-2
+
+
+def test_a_full_disk_while_writing_the_history_keeps_the_old_file_and_names_the_fix(
+        tmp_path, monkeypatch):
+    import errno
+
+    from jaxcnn.errors import DiskFullError
+    from jaxcnn.train import history
+
+    history.write_history(tmp_path, [{"epoch": 1}])
+    before = (tmp_path / "history.json").read_bytes()
+    real_write = pathlib.Path.write_text
+
+    def fill_up(path, text, *args, **kwargs):  # half the text lands, then ENOSPC
+        real_write(path, text[:len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", fill_up)
+    with pytest.raises(DiskFullError, match=r"the disk is full: writing .*history.json.*keeps its "
+                       r"previous content.*jaxcnn train --resume --workdir"):
+        history.write_history(tmp_path, [{"epoch": 1}, {"epoch": 2}])
+    assert (tmp_path / "history.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]  # no .tmp left

@@ -27,15 +27,11 @@ import shutil
 import jax
 import orbax.checkpoint as ocp
 
-from jaxcnn.errors import RunDirError
+from jaxcnn.errors import DiskFullError, RunDirError
 
 MANIFEST = "jaxcnn_manifest.json"
 TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a step still being written
 log = logging.getLogger(__name__)
-
-
-class DiskFullError(RunDirError):
-    """The disk of a run directory filled up while a checkpoint was being written."""
 
 
 def is_disk_full(err: BaseException) -> bool:

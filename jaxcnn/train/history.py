@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import pathlib
 
+from jaxcnn.train.rundir import write_atomically
+
 CURVE_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
 
 
@@ -13,11 +15,9 @@ def read_history(workdir: str | pathlib.Path) -> list[dict]:
 
 
 def write_history(workdir: str | pathlib.Path, records: list[dict]) -> None:
-    """Writes the records atomically (a temporary file renamed over the old one)."""
-    path = pathlib.Path(workdir) / "history.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(records, indent=1) + "\n")
-    tmp.replace(path)
+    """Writes the records atomically (a temporary file renamed over the old one); a full disk
+    raises :class:`jaxcnn.errors.DiskFullError` with the old file intact."""
+    write_atomically(pathlib.Path(workdir) / "history.json", json.dumps(records, indent=1) + "\n")
 
 
 def plot_curves(workdir: str | pathlib.Path, records: list[dict], title: str = "") -> pathlib.Path:

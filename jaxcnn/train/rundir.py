@@ -7,12 +7,14 @@ command leaves the directory exactly as it was.
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import pathlib
+import shutil
 
 import ml_collections
 
-from jaxcnn.errors import RunDirError
+from jaxcnn.errors import DiskFullError, RunDirError
 
 # Keys that define what a run is; a resumed run must agree with the stored config on them.
 # batch_size and seed fix the data stream, so resuming at a step needs them unchanged too.
@@ -64,6 +66,26 @@ def check_resume(workdir: pathlib.Path, stored: ml_collections.ConfigDict,
 
 def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
-    tmp = workdir / "config.json.tmp"
-    tmp.write_text(config.to_json(indent=1) + "\n")
-    tmp.replace(workdir / "config.json")
+    write_atomically(workdir / "config.json", config.to_json(indent=1) + "\n")
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file renamed over it, so a reader (or a
+    resumed run) sees the old content or the new, never half. When the disk is full the
+    temporary file is deleted, ``path`` keeps its old content, and :class:`DiskFullError`
+    says so and how to continue."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        free = shutil.disk_usage(path.parent).free / 2**20
+        raise DiskFullError(
+            f"the disk is full: writing {path} failed with 'No space left on device' "
+            f"({free:,.1f} MB free there). Training stopped; {path.name} keeps its previous "
+            "content and the checkpoints are untouched. Free space on that disk, then "
+            f"continue with: jaxcnn train --resume --workdir {path.parent}") from err
