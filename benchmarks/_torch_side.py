@@ -32,7 +32,6 @@ in channels_last memory format, trained eagerly with ``torch.optim.Adam``.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
@@ -42,6 +41,7 @@ import time
 START = time.perf_counter()
 
 import numpy as np  # noqa: E402
+from _common import load_mnist, serve  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -217,54 +217,18 @@ class Trainer:
         return time.perf_counter() - began
 
 
-def serve() -> None:
-    out = sys.stdout
-    sys.stdout = sys.stderr  # nothing but replies on the protocol stream
-    trainer = None
-    for line in sys.stdin:
-        req = json.loads(line)
-        try:
-            if req["cmd"] == "setup":
-                trainer = None
-                trainer = Trainer(req)
-                began = time.perf_counter()
-                warmup = trainer.run(int(req.get("warmup", 3)))
-                reply = {"params": count_params(trainer.model), "warmup_seconds": warmup,
-                         "setup_seconds": time.perf_counter() - began,
-                         "torch": torch.__version__, "threads": torch.get_num_threads(),
-                         "python": sys.version.split()[0],
-                         "mkldnn": bool(torch.backends.mkldnn.is_available())}
-            elif req["cmd"] == "run":
-                reply = {"seconds": trainer.run(int(req["steps"]))}
-            elif req["cmd"] == "quit":
-                return
-            else:
-                reply = {"error": f"unknown command {req['cmd']!r}"}
-        except Exception as err:  # report, keep serving
-            reply = {"error": f"{type(err).__name__}: {err}"}
-        out.write(json.dumps(reply) + "\n")
-        out.flush()
+def setup_trainer(req: dict):
+    trainer = Trainer(req)
+    began = time.perf_counter()
+    warmup = trainer.run(int(req.get("warmup", 3)))
+    return trainer, {"params": count_params(trainer.model), "warmup_seconds": warmup,
+                     "setup_seconds": time.perf_counter() - began,
+                     "torch": torch.__version__, "threads": torch.get_num_threads(),
+                     "python": sys.version.split()[0],
+                     "mkldnn": bool(torch.backends.mkldnn.is_available())}
 
 
 # --- tta: the plain PyTorch training script ------------------------------------------------
-
-
-def read_idx(path: str) -> np.ndarray:
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    ndim = raw[3]
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load_mnist(data_dir: str):
-    def pair(prefix):
-        x = read_idx(os.path.join(data_dir, f"{prefix}-images-idx3-ubyte.gz"))
-        y = read_idx(os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz"))
-        return x, y
-    return pair("train"), pair("t10k")
 
 
 def lr_at(step: int, total: int, peak: float, schedule: str, warmup_frac: float) -> float:
@@ -349,7 +313,7 @@ def main() -> None:
     t.add_argument("--data-dir", required=True)
     args = parser.parse_args()
     if args.mode == "serve":
-        serve()
+        serve(setup_trainer)
     else:
         tta(args)
 

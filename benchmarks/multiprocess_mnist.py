@@ -1,8 +1,9 @@
 """Two processes on localhost (gloo), 2 CPU devices each, train LeNet-5 on MNIST; so does one
-process with one device on the same global batches. Prints one JSON report:
+process with one device (or ``--single-devices 4``: four, the same global mesh) on the same
+global batches. Prints one JSON report:
 
     python benchmarks/multiprocess_mnist.py [--epochs 1] [--batch-size 32] [--max-steps N] \\
-        [--manual-dir ../shared/data/mnist] [--data-dir DIR]
+        [--single-devices 1] [--manual-dir ../shared/data/mnist] [--data-dir DIR]
 
 * ``identical_across_processes``: the final parameters of process 0 and process 1 (each read
   from its own devices, every local replica checked equal) are bitwise equal, with SHA-256s;
@@ -164,7 +165,8 @@ def driver(args) -> dict:
                      "--num-processes", "2", "--process-id", str(i)], args.max_steps)
              for i in range(2)]
     printed = [finish(p, args.timeout) for p in procs]
-    finish(launch(one, folder / "single.npz", train, args.max_steps), args.timeout)
+    single = ["--num-cpu-devices", str(args.single_devices)] if args.single_devices > 1 else []
+    finish(launch(one, folder / "single.npz", [*train, *single], args.max_steps), args.timeout)
 
     info = {n: json.loads((folder / f"{n}.json").read_text())
             for n in ("process0", "process1", "single")}
@@ -209,6 +211,9 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: a new one)")
     parser.add_argument("--out", default=None, help="folder for the runs (default: a new one)")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--single-devices", type=int, default=1,
+                        help="CPU devices of the one-process reference run (4: the same "
+                             "global mesh as the two processes' 2 x 2)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--dump", help=argparse.SUPPRESS)

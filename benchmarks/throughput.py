@@ -41,6 +41,8 @@ import subprocess
 import sys
 import time
 
+from _common import serve
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TORCH_SIDE = pathlib.Path(__file__).resolve().parent / "_torch_side.py"
 COMPILE_TIME = pathlib.Path(__file__).resolve().parent / "compile_time.py"
@@ -128,33 +130,15 @@ class JaxRunner:
         return time.perf_counter() - began
 
 
-def jax_serve() -> None:
-    """(subprocess) A JAX worker speaking the same protocol as ``_torch_side.py serve``."""
-    out = sys.stdout
-    sys.stdout = sys.stderr
-    runner = None
-    for line in sys.stdin:
-        req = json.loads(line)
-        try:
-            if req["cmd"] == "setup":
-                runner = None
-                runner = JaxRunner(req["model"], tuple(req["shape"]), int(req["batch"]),
-                                   req.get("nonfinite", "stop"))
-                warmup = runner.run(int(req.get("warmup", 3)))
-                import jax
-                reply = {"params": runner.num_params, "num_classes": runner.num_classes,
-                         "compile_seconds": runner.compile_seconds, "warmup_seconds": warmup,
-                         "jax": jax.__version__}
-            elif req["cmd"] == "run":
-                reply = {"seconds": runner.run(int(req["steps"]))}
-            elif req["cmd"] == "quit":
-                return
-            else:
-                reply = {"error": f"unknown command {req['cmd']!r}"}
-        except Exception as err:  # report, keep serving
-            reply = {"error": f"{type(err).__name__}: {err}"}
-        out.write(json.dumps(reply) + "\n")
-        out.flush()
+def setup_jax_runner(req: dict):
+    import jax
+
+    runner = JaxRunner(req["model"], tuple(req["shape"]), int(req["batch"]),
+                       req.get("nonfinite", "stop"))
+    warmup = runner.run(int(req.get("warmup", 3)))
+    return runner, {"params": runner.num_params, "num_classes": runner.num_classes,
+                    "compile_seconds": runner.compile_seconds, "warmup_seconds": warmup,
+                    "jax": jax.__version__}
 
 
 # --- the workers --------------------------------------------------------------------------------
@@ -324,7 +308,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     if args.jax_serve:
-        jax_serve()
+        serve(setup_jax_runner)
         return
 
     print(f"load average (1, 5, 15 min) at start: {load()}", flush=True)

@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 
+from _common import load_mnist
+
 START = time.perf_counter()
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TORCH_SIDE = pathlib.Path(__file__).resolve().parent / "_torch_side.py"
@@ -50,28 +52,6 @@ def load() -> str:
 
 
 # --- the jaxcnn worker (a subprocess) -------------------------------------------------------------
-
-
-def read_idx(path: str):
-    import gzip
-
-    import numpy as np  # noqa: F811
-
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    ndim = raw[3]
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load_mnist(data_dir: str):
-    """``((train images, labels), (test images, labels))``: uint8 ``(N, 28, 28)``, uint8 ``(N,)``."""
-    def pair(prefix):
-        return (read_idx(os.path.join(data_dir, f"{prefix}-images-idx3-ubyte.gz")),
-                read_idx(os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz")))
-    return pair("train"), pair("t10k")
 
 
 def jax_worker(args) -> None:
