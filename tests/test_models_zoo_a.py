@@ -130,7 +130,9 @@ def test_lenet5_1998_layers():
 
 def test_lenet5_1998_c3_is_table_one():
     """C3 equals a full 6->16 convolution whose kernel is zero off Table I's connections."""
+    from jaxcnn.models.conv import plain_lax_layers
     from jaxcnn.models.lenet import C3_TABLE, PartialConv
+    from jaxcnn.models.summary import summarize
 
     layer = PartialConv()
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 14, 14, 6), dtype=np.float32))
@@ -145,6 +147,13 @@ def test_lenet5_1998_c3_is_table_one():
     expected = jax.lax.conv_general_dilated(x, full, (1, 1), "VALID",
                                             dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
     np.testing.assert_allclose(layer.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
+    with plain_lax_layers():  # the connections-only form (grouped convolution)
+        np.testing.assert_allclose(layer.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
+    # MACs of the connections present (by hand: C1 28*28*6*25, C3 10*10*60*25, C5 120*400,
+    # F6 84*120, head 10*84), not of the zero-padded full kernel training uses.
+    rows = {r.path: r.macs for r in summarize("lenet5_1998").rows}
+    assert (rows["C1"], rows["C3"], rows["C5"], rows["F6"], rows["head"]) == \
+        (117_600, 150_000, 48_000, 10_080, 840)
     assert [len(row) for row in C3_TABLE] == [3] * 6 + [4] * 9 + [6]
     # The paper's init: uniform within +-2.4 / fan-in, fan-in = 25 x (connected maps).
     assert float(jnp.abs(kernel[..., :3]).max()) <= 2.4 / 75

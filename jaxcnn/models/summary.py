@@ -28,6 +28,7 @@ import jax.extend as jex
 import jax.numpy as jnp
 
 from jaxcnn.errors import JaxCNNError
+from jaxcnn.models.conv import plain_lax_layers
 from jaxcnn.models.registry import get_model_for, model_info
 
 
@@ -116,7 +117,8 @@ def summarize(model_or_name: nn.Module | str, input_shape: tuple[int, ...] | Non
         with nn.intercept_methods(record):
             return model.apply(variables, x, train=False)
 
-    closed = jax.make_jaxpr(apply)(variables, x)
+    with plain_lax_layers():  # the network's own convolutions, not the CPU's routes
+        closed = jax.make_jaxpr(apply)(variables, x)
     macs_by_scope: dict[str, int] = {}
     _count_macs(closed.jaxpr, "", 1, macs_by_scope)
     params = _sizes_by_path(variables.get("params", {}))
