@@ -17,7 +17,7 @@ TWO_CONV = {"convs": (32, 64), "dense": (), "batch_norm": True, "dropout": 0.25}
 
 def get_config():
     return base_config(model="lecture_cnn", dataset="fashion_mnist", optimizer="adam", lr=1e-3,
-                       schedule="cosine", batch_size=64, epochs=5, model_kwargs=TWO_CONV)
+                       schedule="cosine", batch_size=64, epochs=10, model_kwargs=TWO_CONV)
 
 
 def get_experiment():
@@ -27,9 +27,9 @@ def get_experiment():
         published="Fashion-MNIST benchmark: 2 Conv <100K params 92.5%; ResNet18 94.9%",
         base=get_config(),
         arms={"two_conv": {}, "resnet20": {"model": "resnet20", "model_kwargs": None,
-                                           "batch_size": 128, "epochs": 1}},
+                                           "batch_size": 128, "epochs": 3}},
         quick={"train_split": "train[:1024]", "eval_split": "test[:1000]", "epochs": 1},
         quick_arms={"resnet20": {"model_kwargs": {"n": 1}}},
         analysis="fashion_mnist", figure="",
-        budget="all 60,000 training images; two_conv 5 epochs of batch 64, resnet20 1 epoch "
-               "of batch 128; Adam with cosine decay, no augmentation")
+        budget="all 60,000 training images; two_conv 10 epochs of batch 64, resnet20 3 "
+               "epochs of batch 128; Adam with cosine decay, no augmentation")
