@@ -28,7 +28,8 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def load_mnist(data_dir: str):
-    """``((train images, labels), (test images, labels))``: uint8 ``(N, 28, 28)``, uint8 ``(N,)``."""
+    """``((train images, labels), (test images, labels))``: uint8 ``(N, 28, 28)`` and
+    ``(N,)``."""
     def pair(prefix):
         return (read_idx(os.path.join(data_dir, f"{prefix}-images-idx3-ubyte.gz")),
                 read_idx(os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz")))

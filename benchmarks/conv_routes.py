@@ -68,9 +68,10 @@ def main() -> None:
         y = convs[lax.conv_general_dilated](x, w)
         g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
         gflop = 2 * y.size * k * k * c / 1e9
-        for label, make in (("forward", lambda f: (lambda x, w, g: f(x, w))),
-                            ("dx", lambda f: (lambda x, w, g: jax.vjp(lambda v: f(v, w), x)[1](g))),
-                            ("dw", lambda f: (lambda x, w, g: jax.vjp(lambda v: f(x, v), w)[1](g)))):
+        passes = (("forward", lambda f: (lambda x, w, g: f(x, w))),
+                  ("dx", lambda f: (lambda x, w, g: jax.vjp(lambda v: f(v, w), x)[1](g))),
+                  ("dw", lambda f: (lambda x, w, g: jax.vjp(lambda v: f(x, v), w)[1](g))))
+        for label, make in passes:
             ms = [best_ms(make(f), x, w, g) for f in convs.values()]
             print(f"{name:28s} {route:7s} {label:7s} {ms[0]:9.1f} {ms[1]:10.1f} "
                   f"{gflop / ms[0] * 1e3:9.0f} {gflop / ms[1] * 1e3:12.0f}", flush=True)
