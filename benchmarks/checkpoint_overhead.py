@@ -7,7 +7,8 @@ Runs the real train step of ``resnet20`` on 32x32x3 batches for ``--steps`` step
 an epoch-end save does during the next epoch), alternating runs without checkpoints and runs
 saving through :class:`jaxcnn.train.checkpoint.Checkpoints` (Orbax, asynchronous) every
 ``--every`` steps as the fit loop does: the state copied to the host, then handed to Orbax,
-which writes it in a background thread while training goes on. A run's time includes waiting for its last save.
+which writes it in a background thread while training goes on. A run's time includes
+waiting for its last save.
 Prints the median time per epoch of each configuration, the overhead, and where the time on
 the training thread went in the saving runs (the host copy, waiting for the previous save and
 writing its manifest, Orbax's synchronous part; "queued steps" is the wait for the steps JAX
