@@ -6,19 +6,19 @@ alone, ``benchmarks/throughput.py`` whole train steps):
 - The kernel (weight) gradient, which XLA computes as one more convolution whose "filter"
   is the output gradient, is computed as a matmul of patches (im2col, Chellapilla, Puri and
   Simard 2006): patches @ output gradient per image, summed by a ``lax.scan`` over the batch
-  (:func:`kernel_gradient`). It is much faster for 1x1 convolutions (ResNet-50's 16x16x64 ->
-  256 expansion: 78 -> 7.5 ms) and first layers (28x28x1 -> 32: 5.5 -> 1.4 ms); for 3x3
-  layers with many channels XLA's is faster alone (16x16x64 -> 64: 16 against 23 ms), yet
-  whole train steps were faster with im2col everywhere (resnet20: 290 against 217-239
-  images/s with XLA's for 3x3 layers of 16+ channels), so every float32 layer whose patches
-  fit :data:`MAX_PATCH_ELEMENTS` takes it.
+  (:func:`kernel_gradient`). Alone it is much faster for 1x1 convolutions (ResNet-50's
+  16x16x64 -> 256 expansion: 77 -> 16 ms) and first layers (28x28x1 -> 32: 3.7 -> 1.5 ms)
+  and slower for 3x3 layers with many channels (16x16x64 -> 64: 32 against 16 ms), yet whole
+  train steps measured faster with it everywhere (resnet20, batch 128, quiet machine: 300-306
+  against 217-239 images/s with XLA's gradient for the 3x3 layers), so every float32 layer
+  whose patches fit :data:`MAX_PATCH_ELEMENTS` takes it.
 - First layers with at most 32 kernel taps (kh*kw*C_in: LeNet-5's 5x5x1, a CIFAR stem's
   3x3x3) run the forward pass as a fused sum of shifted slices (:func:`shift_and_add`:
-  LeNet-5's C1 5.4 -> 0.6 ms).
+  LeNet-5's C1 4.7 -> 0.4 ms).
 - A kernel larger than its input (ResNet-50's 3x3 convolutions on the 2x2 maps of a 64x64
   image) takes XLA:CPU about a second per batch, forward and input gradient, at 2 GFLOP/s;
   here it is one matmul of the patch matrix (:func:`im2col_conv`, 12 ms), differentiated by
-  JAX. ResNet-50 at 64x64 trains 2x faster for this alone.
+  JAX. ResNet-50 at 64x64 trains 2x faster for this alone (15 -> 31 images/s).
 
 Other platforms, and grouped, dilated or non-float32 convolutions, run
 ``lax.conv_general_dilated`` unchanged.
