@@ -8,10 +8,12 @@ alone, ``benchmarks/throughput.py`` whole train steps):
   Simard 2006): patches @ output gradient per image, summed by a ``lax.scan`` over the batch
   (:func:`kernel_gradient`). Alone it is much faster for 1x1 convolutions (ResNet-50's
   16x16x64 -> 256 expansion: 77 -> 16 ms) and first layers (28x28x1 -> 32: 3.7 -> 1.5 ms)
-  and slower for 3x3 layers with many channels (16x16x64 -> 64: 32 against 16 ms), yet whole
-  train steps measured faster with it everywhere (resnet20, batch 128, quiet machine: 300-306
-  against 217-239 images/s with XLA's gradient for the 3x3 layers), so every float32 layer
-  whose patches fit :data:`MAX_PATCH_ELEMENTS` takes it.
+  and slower for 3x3 layers with many channels (16x16x64 -> 64: 32 against 16 ms), yet
+  resnet20's whole train step is faster with it (300-306 against 217-239 images/s: in the
+  whole step XLA's own kernel gradient adds transpose copies, 315 of 690 ms of thunk time),
+  so every float32 layer whose patches fit :data:`MAX_PATCH_ELEMENTS` takes it. Not yet
+  right for small networks: XLA's gradient measured faster for lenet5 (14,455 against 11,442
+  images/s) and mnist_cnn (1,323 against 1,226) on 2026-11-30; see issue 7.
 - First layers with at most 32 kernel taps (kh*kw*C_in: LeNet-5's 5x5x1, a CIFAR stem's
   3x3x3) run the forward pass as a fused sum of shifted slices (:func:`shift_and_add`:
   LeNet-5's C1 4.7 -> 0.4 ms).
