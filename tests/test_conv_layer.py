@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxcnn.models.conv import NHWC, Conv, conv_general_dilated, kernel_gradient
+from jaxcnn.models.conv import (NHWC, Conv, conv_general_dilated, kernel_gradient,
+                                xla_kernel_gradient_is_faster)
 
 CASES = [  # input, kernel, strides, padding
     ((4, 9, 9, 3), (3, 3, 3, 5), (1, 1), ((1, 1), (1, 1))),
@@ -66,14 +67,22 @@ def test_on_cpu_each_convolution_takes_its_route_and_elsewhere_xla_decides():
     assert route((2, 224, 224, 64), (3, 3, 64, 64)) == "lax"  # patches too large for im2col
     assert route((2, 8, 8, 6), (3, 3, 2, 6), groups=3) == "lax"
     assert route((2, 8, 8, 3), (3, 3, 3, 4), dtype=jnp.bfloat16) == "lax"
-    x, w = jnp.ones((2, 6, 6, 3)), jnp.ones((3, 3, 3, 4))
     grad = jax.jit(jax.grad(loss_of(conv_general_dilated), 1), static_argnums=(2, 3))
-    text = grad.lower(x, w, (1, 1), "SAME").as_text()
+    text = grad.lower(jnp.ones((2, 6, 6, 8)), jnp.ones((3, 3, 8, 4)), (1, 1), "SAME").as_text()
     assert "stablehlo.case" in text  # the CPU/other-platform switch
-    assert "stablehlo.while" in text  # the kernel gradient's scan over the batch
+    assert "stablehlo.while" in text  # the im2col kernel gradient's scan over the batch
+    # first layers and unpadded layers keep XLA's kernel gradient (faster in whole steps)
+    for x_shape, w_shape, padding in [((2, 6, 6, 3), (3, 3, 3, 4), "SAME"),
+                                      ((2, 14, 14, 6), (5, 5, 6, 16), "VALID")]:
+        text = grad.lower(jnp.ones(x_shape), jnp.ones(w_shape), (1, 1), padding).as_text()
+        assert "stablehlo.case" in text and "stablehlo.while" not in text
+    assert xla_kernel_gradient_is_faster((5, 5, 1, 6), ((2, 2), (2, 2)))  # LeNet-5's C1
+    assert not xla_kernel_gradient_is_faster((1, 1, 64, 256), ((0, 0), (0, 0)))  # 1x1
+    assert not xla_kernel_gradient_is_faster((3, 3, 16, 16), ((1, 1), (1, 1)))  # resnet20
     # grouped (depthwise) convolutions are left to XLA
     depthwise = lambda x, w: conv_general_dilated(  # noqa: E731
         x, w, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=3)
+    x = jnp.ones((2, 6, 6, 3))
     text = jax.jit(jax.grad(lambda w: jnp.sum(depthwise(x, w)))).lower(
         jnp.ones((3, 3, 1, 3))).as_text()
     assert "stablehlo.case" not in text
