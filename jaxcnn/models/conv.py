@@ -7,16 +7,17 @@ alone, ``benchmarks/throughput.py`` whole train steps):
   is the output gradient, is computed as a matmul of patches (im2col, Chellapilla, Puri and
   Simard 2006): patches @ output gradient per image, summed by a ``lax.scan`` over the batch
   (:func:`kernel_gradient`). Alone it is much faster for 1x1 convolutions (ResNet-50's
-  16x16x64 -> 256 expansion: 77 -> 16 ms) and first layers (28x28x1 -> 32: 3.7 -> 1.5 ms)
-  and slower for 3x3 layers with many channels (16x16x64 -> 64: 32 against 16 ms), yet
-  resnet20's whole train step is faster with it (300-306 against 217-239 images/s: in the
-  whole step XLA's own kernel gradient adds transpose copies, 315 of 690 ms of thunk time),
-  so every float32 layer whose patches fit :data:`MAX_PATCH_ELEMENTS` takes it. Not yet
-  right for small networks: XLA's gradient measured faster for lenet5 (14,455 against 11,442
-  images/s) and mnist_cnn (1,323 against 1,226) on 2026-11-30; see issue 7.
+  16x16x64 -> 256 expansion: 77 -> 16 ms) and slower for 3x3 layers with many channels
+  (16x16x64 -> 64: 32 against 16 ms), yet resnet20's whole train step is faster with it
+  (289-299 against 224-246 images/s): in the whole step XLA's own kernel gradient of its
+  padded 3x3 stack adds transpose copies (315 of 690 ms of thunk time). XLA's own gradient
+  stays where whole steps measured it faster (:func:`xla_kernel_gradient_is_faster`): the
+  shift-and-add first layers and unpadded convolutions larger than 1x1 (lenet5: 11,981 ->
+  14,289 images/s; mnist_cnn about +6%; resnet20 unchanged).
 - First layers with at most 32 kernel taps (kh*kw*C_in: LeNet-5's 5x5x1, a CIFAR stem's
   3x3x3) run the forward pass as a fused sum of shifted slices (:func:`shift_and_add`:
-  LeNet-5's C1 4.7 -> 0.4 ms).
+  LeNet-5's C1 4.7 -> 0.4 ms), fenced by an optimization barrier so that XLA:CPU does not
+  fuse it with the activation and pooling (LeNet-5's forward pass 3x faster).
 - A kernel larger than its input (ResNet-50's 3x3 convolutions on the 2x2 maps of a 64x64
   image) takes XLA:CPU about a second per batch, forward and input gradient, at 2 GFLOP/s;
   here it is one matmul of the patch matrix (:func:`im2col_conv`, 12 ms), differentiated by
