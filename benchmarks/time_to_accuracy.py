@@ -20,7 +20,7 @@ the PyTorch script computes the same formula each step), and a test evaluation e
   evaluations as one ``jax.lax.scan`` instead: measured 4x slower on XLA:CPU (LeNet-5, batch
   32: 2,700 against 11,900 images/s), whose while-loop bodies keep convolutions in layouts
   its convolution libraries do not take, so they run as plain loops (``wrapped_convolution``).
-  The test set is scored in chunks of 1,000 by one compiled forward pass.
+  The test set is scored in chunks of 1,000 images by one compiled forward pass.
 - PyTorch (``benchmarks/_torch_side.py tta``, under ``--torch-python`` /
   ``$JAXCNN_TORCH_PYTHON``, default ``.venv-torch/bin/python``): the same network in
   channels_last, eager, ``torch.optim.Adam``, indexing the in-memory training tensors.
@@ -105,7 +105,7 @@ def jax_worker(args) -> None:
     def train_one(state, x, y, idx):  # idx: (batch,)
         return step_fn(state, gather(x, y, idx))
 
-    eval_batch = 1000  # one compiled forward, called per chunk: half the time of lax.map's
+    eval_batch = 1000  # the 10,000 images in 0.17 s; 0.23 s in chunks of 2,000, 0.29 s at once
 
     def correct(state, x, y):  # x, y: one chunk of the test set
         variables = {"params": state.params}
