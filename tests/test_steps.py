@@ -85,6 +85,21 @@ def test_train_step_is_deterministic():
         np.testing.assert_array_equal(a, b)
 
 
+def test_the_initial_state_is_model_init_on_the_split_seed_with_zero_adam_moments():
+    model = get_model("resnet20")  # BatchNorm statistics too
+    state = create_train_state(model, (32, 32, 3), optax.adam(1e-3), seed=7)
+    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(7))
+    with jax.threefry_partitionable(False):
+        expected = model.init(init_key, jnp.zeros((1, 32, 32, 3)))
+    for mine, theirs in zip(jax.tree.leaves((state.params, state.batch_stats)),
+                            jax.tree.leaves((expected["params"], expected["batch_stats"]))):
+        np.testing.assert_array_equal(mine, theirs)
+    np.testing.assert_array_equal(state.rng, dropout_key)
+    adam = state.opt_state[0]
+    assert int(adam.count) == 0 and int(state.step) == 0 and int(state.first_nonfinite_step) == -1
+    assert all(not np.any(m) for m in jax.tree.leaves((adam.mu, adam.nu)))
+
+
 # --- float16 with dynamic loss scaling (Micikevicius et al. 2018) ----------------------------
 
 def float16_state(scale, period=2000):
