@@ -17,54 +17,12 @@ PyTorch ResNet-50 mixed-precision training figure is about 2,500 images/s on one
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
 import time
 
+from throughput import JaxRunner, matmul_rate
+
 SHAPE = (224, 224, 3)
-
-
-def bf16_matmul_rate(n: int = 8192, reps: int = 10) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
-    mm = jax.jit(jnp.matmul)
-    mm(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        began = time.perf_counter()
-        mm(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - began)
-    return 2 * n ** 3 / best
-
-
-def jax_runner(batch: int):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import optax
-
-    from jaxcnn.models import get_model
-    from jaxcnn.train import create_train_state, train_step
-
-    state = create_train_state(get_model("resnet50"), SHAPE, optax.adam(1e-3), seed=0)
-    step = jax.jit(functools.partial(train_step, dtype=jnp.bfloat16), donate_argnums=0)
-    rng = np.random.default_rng(0)
-    data = {"image": jnp.asarray(rng.random((batch, *SHAPE), np.float32)),
-            "label": jnp.asarray(rng.integers(0, 1000, batch).astype(np.int32))}
-    holder = {"state": state}
-
-    def run(steps: int) -> float:
-        began = time.perf_counter()
-        s, metrics = holder["state"], None
-        for _ in range(steps):
-            s, metrics = step(s, data)
-        jax.block_until_ready((s, metrics))
-        holder["state"] = s
-        return time.perf_counter() - began
-
-    return run
 
 
 def torch_runner(batch: int):
@@ -103,14 +61,14 @@ def main(argv=None) -> None:
     from jaxcnn.models.summary import summarize
 
     print(f"JAX {jax.__version__}, devices {jax.devices()}", flush=True)
-    peak = bf16_matmul_rate()
+    peak = matmul_rate(8192, 10, "bfloat16")
     print(f"bf16 matmul rate (jitted 8192^3 jnp.matmul, best of 10): {peak / 1e12:.0f} TFLOP/s")
     macs = summarize("resnet50", SHAPE).macs
-    runners = {}
     began = time.perf_counter()
-    runners["jaxcnn"] = jax_runner(args.batch)
+    jaxcnn = JaxRunner("resnet50", SHAPE, args.batch, "stop", dtype=jax.numpy.bfloat16)
     print(f"jaxcnn resnet50 bf16, batch {args.batch}: first step (compile) "
-          f"{runners['jaxcnn'](1):.1f} s after {time.perf_counter() - began:.1f} s setup")
+          f"{jaxcnn.compile_seconds:.1f} s, {time.perf_counter() - began:.1f} s with setup")
+    runners = {"jaxcnn": jaxcnn.run}
     try:
         import torch
         runners["PyTorch"] = torch_runner(args.batch)

@@ -77,14 +77,13 @@ def torch_python(arg: str | None) -> str:
 # --- the jax side -------------------------------------------------------------------------------
 
 
-def matmul_rate(n: int = 2048, reps: int = 6) -> float:
-    """Best float32 FLOP/s of a jitted n x n @ n x n ``jnp`` matmul (2 n^3 FLOPs)."""
+def matmul_rate(n: int = 2048, reps: int = 6, dtype: str = "float32") -> float:
+    """Best FLOP/s of a jitted n x n @ n x n ``jnp`` matmul in ``dtype`` (2 n^3 FLOPs)."""
     import jax
-    import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    mm = jax.jit(jnp.matmul)
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+    mm = jax.jit(jax.numpy.matmul)
     mm(a, b).block_until_ready()
     best = float("inf")
     for _ in range(reps):
@@ -95,9 +94,10 @@ def matmul_rate(n: int = 2048, reps: int = 6) -> float:
 
 
 class JaxRunner:
-    """jaxcnn's train step on one fixed random batch (``nonfinite`` binds the guard policy)."""
+    """jaxcnn's train step on one fixed random batch (``nonfinite`` binds the guard policy,
+    ``dtype`` the compute precision: None for float32, ``jnp.bfloat16``...)."""
 
-    def __init__(self, name: str, shape, batch: int, nonfinite: str):
+    def __init__(self, name: str, shape, batch: int, nonfinite: str, dtype=None):
         import jax
         import jax.numpy as jnp
         import numpy as np
@@ -109,7 +109,8 @@ class JaxRunner:
         self.jax = jax
         model = get_model(name)
         self.state = create_train_state(model, shape, optax.adam(1e-3), seed=0)
-        self.step = jax.jit(functools.partial(train_step, nonfinite=nonfinite), donate_argnums=0)
+        self.step = jax.jit(functools.partial(train_step, nonfinite=nonfinite, dtype=dtype),
+                            donate_argnums=0)
         rng = np.random.default_rng(0)
         self.batch = {"image": jnp.asarray(rng.random((batch, *shape), np.float32)),
                       "label": jnp.asarray(rng.integers(0, model.num_classes, batch)

@@ -88,9 +88,14 @@ def shift_and_add(x, w, strides, padding):
     return functools.reduce(jnp.add, terms)
 
 
+def _is_shifted(kernel_shape) -> bool:
+    """Whether the CPU forward pass is :func:`shift_and_add` (few kernel taps)."""
+    kh, kw, c, _ = kernel_shape
+    return kh * kw * c <= MAX_SHIFTED_TERMS
+
+
 def _cpu_forward(x, w, strides, padding):
-    kh, kw, c, _ = w.shape
-    if kh * kw * c <= MAX_SHIFTED_TERMS:
+    if _is_shifted(w.shape):
         # The barrier keeps XLA:CPU from fusing the sum with the activation and pooling that
         # follow into one YNNPACK fusion, which made LeNet-5's forward pass 3x slower (10,000
         # test images: 0.89 against 0.29 s) and its train step 8% slower.
@@ -155,9 +160,9 @@ def xla_kernel_gradient_is_faster(kernel_shape, padding) -> bool:
     step (measured, not modelled): for the shift-and-add first layers and for unpadded
     convolutions larger than 1x1 (LeNet-5's C3, the lecture CNN's second layer), XLA:CPU
     lays these out without the transpose copies it adds for padded 3x3 stacks."""
-    kh, kw, c, _ = kernel_shape
+    kh, kw, _, _ = kernel_shape
     unpadded = not any(p for pair in padding for p in pair)
-    return kh * kw * c <= MAX_SHIFTED_TERMS or (unpadded and kh * kw > 1)
+    return _is_shifted(kernel_shape) or (unpadded and kh * kw > 1)
 
 
 def _backward(strides, padding, residuals, g):
