@@ -1,5 +1,8 @@
-"""The zoo's convolution (jaxcnn/models/conv.py): XLA's values, an im2col kernel gradient on CPU."""
+"""The zoo's convolution (jaxcnn/models/conv.py): XLA's values, by oneDNN on the CPU, and by the
+XLA routes (an im2col kernel gradient, shift-and-add, patch matmuls) used without oneDNN."""
 from __future__ import annotations
+
+import contextlib
 
 import flax.linen as nn
 import jax
@@ -9,7 +12,8 @@ import pytest
 from jax import lax
 
 from jaxcnn.models.conv import (NHWC, Conv, conv_general_dilated, kernel_gradient,
-                                xla_kernel_gradient_is_faster)
+                                without_native_convolution, xla_kernel_gradient_is_faster)
+from jaxcnn.native import native_status
 
 CASES = [  # input, kernel, strides, padding
     ((4, 9, 9, 3), (3, 3, 3, 5), (1, 1), ((1, 1), (1, 1))),
@@ -29,13 +33,17 @@ def loss_of(conv):
         conv(x, w, strides, padding, dimension_numbers=NHWC)))
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["onednn", "xla-routes"])
 @pytest.mark.parametrize("x_shape,w_shape,strides,padding", CASES)
-def test_values_and_both_gradients_match_xla(x_shape, w_shape, strides, padding):
+def test_values_and_both_gradients_match_xla(x_shape, w_shape, strides, padding, native):
+    if native and not native_status().available:
+        pytest.skip(f"no oneDNN convolution: {native_status().reason}")
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
     w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
-    ours = jax.jit(jax.value_and_grad(loss_of(conv_general_dilated), (0, 1)),
-                   static_argnums=(2, 3))(x, w, strides, padding)
+    with contextlib.nullcontext() if native else without_native_convolution():
+        ours = jax.jit(jax.value_and_grad(loss_of(conv_general_dilated), (0, 1)),
+                       static_argnums=(2, 3))(x, w, strides, padding)
     xla = jax.jit(jax.value_and_grad(loss_of(lax.conv_general_dilated), (0, 1)),
                   static_argnums=(2, 3))(x, w, strides, padding)
     np.testing.assert_allclose(float(ours[0]), float(xla[0]), rtol=1e-5)
@@ -53,7 +61,8 @@ def test_the_kernel_gradient_is_the_hand_computed_sum_over_images_and_positions(
     np.testing.assert_array_equal(dw[..., 0, 0], np.array(expected, np.float32))
 
 
-def test_on_cpu_each_convolution_takes_its_route_and_elsewhere_xla_decides():
+@without_native_convolution()
+def test_without_onednn_each_convolution_takes_its_route_and_elsewhere_xla_decides():
     from jaxcnn.models.conv import _cpu_route
 
     def route(x_shape, w_shape, groups=1, dtype=jnp.float32):

@@ -24,6 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxcnn.errors import ConfigError
+from jaxcnn.models.conv import without_native_convolution
 from jaxcnn.models.layers import batch_norm_axis
 from jaxcnn.train.steps import eval_step, train_step
 
@@ -70,11 +71,24 @@ class DataParallel:
         return slice(start, start + per_process)
 
     # -- compiling --------------------------------------------------------------------------
+    def _partitioned(self, step):
+        """``step`` traced for XLA's partitioner: over several devices without the oneDNN
+        convolution, which XLA would run unsplit on every device."""
+        if self.num_devices == 1:
+            return step
+
+        @functools.wraps(step)
+        def traced(*args, **kwargs):
+            with without_native_convolution():
+                return step(*args, **kwargs)
+
+        return traced
+
     def train_step(self):
         if self.mode == "jit":
             step = functools.partial(train_step, nonfinite=self.nonfinite, dtype=self.dtype,
                                      ghost_groups=self.num_devices if self.ghost_bn else 0)
-            return jax.jit(step, in_shardings=(self.replicated, self.sharded),
+            return jax.jit(self._partitioned(step), in_shardings=(self.replicated, self.sharded),
                            out_shardings=(self.replicated, self.replicated), donate_argnums=0)
 
         def step(state, batch):
@@ -87,7 +101,7 @@ class DataParallel:
     def eval_step(self):
         if self.mode == "jit":
             step = functools.partial(eval_step, dtype=self.dtype)
-            return jax.jit(step, in_shardings=(self.replicated, self.sharded),
+            return jax.jit(self._partitioned(step), in_shardings=(self.replicated, self.sharded),
                            out_shardings=self.replicated)
         step = functools.partial(eval_step, axis_name=AXIS, dtype=self.dtype)
         return jax.pmap(step, axis_name=AXIS, devices=self.devices)

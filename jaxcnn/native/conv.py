@@ -1,0 +1,43 @@
+"""oneDNN's convolution, forward and both gradients, as JAX functions on NHWC/HWIO float32.
+
+Each is one XLA FFI call into ``onednn_conv.cc`` (loaded by :mod:`jaxcnn.native.build`);
+``jax.vmap`` over them stacks the slices in front (``vmap_method="expand_dims"``), which the
+C++ side loops over. ``padding`` is ``((top, bottom), (left, right))``. They are the pieces
+``jaxcnn.models.conv`` assembles into a differentiable convolution; call them only where
+:func:`jaxcnn.native.native_status` says the library is available.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _call(target: str, a, b, out_shape, strides, padding):
+    out = jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32)
+    return jax.ffi.ffi_call(target, out, vmap_method="expand_dims")(
+        a, b, strides=np.asarray(strides, np.int64),
+        padding=np.asarray([p for pair in padding for p in pair], np.int64))
+
+
+def output_shape(x_shape, kernel_shape, strides, padding) -> tuple[int, int, int, int]:
+    n, h, w, _ = x_shape
+    kh, kw, _, o = kernel_shape
+    return (n, (h + sum(padding[0]) - kh) // strides[0] + 1,
+            (w + sum(padding[1]) - kw) // strides[1] + 1, o)
+
+
+def forward(x, w, strides, padding):
+    """The convolution of ``x`` (N, H, W, C) with ``w`` (kh, kw, C, O)."""
+    return _call("jaxcnn_conv_forward", x, w, output_shape(x.shape, w.shape, strides, padding),
+                 strides, padding)
+
+
+def input_gradient(g, w, x_shape, strides, padding):
+    """d(loss)/d(x) from the output gradient ``g`` and the kernel."""
+    return _call("jaxcnn_conv_input_gradient", g, w, x_shape, strides, padding)
+
+
+def kernel_gradient(x, g, kernel_shape, strides, padding):
+    """d(loss)/d(w) from the input ``x`` and the output gradient ``g``."""
+    return _call("jaxcnn_conv_kernel_gradient", x, g, kernel_shape, strides, padding)

@@ -1,0 +1,236 @@
+// jaxcnn's CPU convolution: oneDNN's direct convolution (forward, input gradient and kernel
+// gradient) called from XLA through the FFI.
+//
+// Activations are NHWC and kernels HWIO, as XLA holds them; oneDNN picks its own blocked
+// kernel layout and the kernel is reordered into it (and the kernel gradient out of it) on
+// each call, which is small next to the convolution. Primitives are created once per shape
+// and cached. Leading dimensions in front of NHWC/HWIO come from jax.vmap (method
+// "expand_dims"): an operand whose leading size is 1 is shared by every slice.
+//
+// Built and loaded by jaxcnn/native/build.py; the Python side is jaxcnn/native/conv.py.
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include <omp.h>
+#include <pmmintrin.h>
+#include <xmmintrin.h>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using dnnl::memory;
+using Dims = ffi::Span<const int64_t>;
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// One convolution's sizes, read from the trailing four dimensions of its operands.
+struct Geometry {
+  int64_t n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr;
+
+  std::string key(char kind) const {
+    char text[192];
+    std::snprintf(text, sizeof text, "%c %ld %ld %ld %ld %ld %ld %ld %ld %ld %ld %ld %ld %ld",
+                  kind, long(n), long(h), long(w), long(c), long(kh), long(kw), long(o),
+                  long(sh), long(sw), long(pt), long(pb), long(pl), long(pr));
+    return text;
+  }
+  memory::desc image() const { return {{n, c, h, w}, memory::data_type::f32, memory::format_tag::nhwc}; }
+  memory::desc output() const { return {{n, o, oh, ow}, memory::data_type::f32, memory::format_tag::nhwc}; }
+  memory::desc kernel(memory::format_tag tag) const {
+    return {{o, c, kh, kw}, memory::data_type::f32, tag};
+  }
+  memory::dims strides() const { return {sh, sw}; }
+  memory::dims pad_before() const { return {pt, pl}; }
+  memory::dims pad_after() const { return {pb, pr}; }
+};
+
+Dims last4(Dims d) { return Dims(d.begin() + (d.size() - 4), 4); }
+
+int64_t leading(Dims d) {
+  int64_t count = 1;
+  for (size_t i = 0; i + 4 < d.size(); ++i) count *= d[i];
+  return count;
+}
+
+int64_t trailing_size(Dims d) {
+  int64_t count = 1;
+  for (size_t i = d.size() - 4; i < d.size(); ++i) count *= d[i];
+  return count;
+}
+
+Geometry geometry(Dims x, Dims w, Dims y, Dims strides, Dims pads) {
+  x = last4(x), w = last4(w), y = last4(y);
+  return Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2],
+                  strides[0], strides[1], pads[0], pads[1], pads[2], pads[3]};
+}
+
+dnnl::convolution_forward::primitive_desc forward_desc(const Geometry& g) {
+  return {cpu_engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+          g.image(), g.kernel(memory::format_tag::any), g.output(), g.strides(),
+          g.pad_before(), g.pad_after()};
+}
+
+// A primitive and the kernel layout it was created for.
+struct Prepared {
+  dnnl::primitive primitive;
+  memory::desc kernel;
+};
+
+template <typename Make>
+const Prepared& prepared(const std::string& key, Make make) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::unique_ptr<Prepared>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& slot = cache[key];
+  if (!slot) slot = std::make_unique<Prepared>(make());
+  return *slot;
+}
+
+// The slices that jax.vmap stacked in front: how many, and each operand's step between them
+// (0 for an operand shared by all).
+struct Slices {
+  int64_t count;
+  int64_t step[3];
+};
+
+ffi::ErrorOr<Slices> slices(Dims a, Dims b, Dims out) {
+  int64_t count = leading(out);
+  Slices s{count, {0, 0, trailing_size(out)}};
+  Dims operands[2] = {a, b};
+  for (int i = 0; i < 2; ++i) {
+    int64_t n = leading(operands[i]);
+    if (n != 1 && n != count) return ffi::Error::InvalidArgument("mismatched vmapped operands");
+    s.step[i] = n == 1 ? 0 : trailing_size(operands[i]);
+  }
+  return s;
+}
+
+// Sets flush-to-zero and denormals-are-zero on the calling thread and on the OpenMP threads
+// oneDNN will use. XLA:CPU runs its own code so (and sets it on the thread that calls us),
+// but oneDNN's OpenMP workers start without it, and a training run whose values drift into
+// denormal range then ran 100x slower on those threads (ResNet-50 stalled for minutes).
+void flush_denormals() {
+#pragma omp parallel
+  {
+    _MM_SET_FLUSH_ZERO_MODE(_MM_FLUSH_ZERO_ON);
+    _MM_SET_DENORMALS_ZERO_MODE(_MM_DENORMALS_ZERO_ON);
+  }
+}
+
+// Runs `body(slice)` for each vmapped slice, turning oneDNN's exceptions into FFI errors.
+template <typename Body>
+ffi::Error each_slice(const Slices& s, Body body) {
+  flush_denormals();
+  try {
+    for (int64_t i = 0; i < s.count; ++i) body(i);
+  } catch (const std::exception& err) {
+    return ffi::Error::Internal(std::string("oneDNN convolution: ") + err.what());
+  }
+  return ffi::Error::Success();
+}
+
+memory in_layout(dnnl::stream& stream, const memory::desc& plain_desc,
+                 const memory::desc& wanted, float* data) {
+  memory plain(plain_desc, cpu_engine(), data);
+  if (wanted == plain_desc) return plain;
+  memory blocked(wanted, cpu_engine());
+  dnnl::reorder(plain, blocked).execute(stream, plain, blocked);
+  return blocked;
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> y, Dims strides, Dims pads) {
+  auto s = slices(x.dimensions(), w.dimensions(), y->dimensions());
+  if (s.has_error()) return s.error();
+  Geometry g = geometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, pads);
+  return each_slice(*s, [&](int64_t i) {
+    const Prepared& p = prepared(g.key('f'), [&] {
+      auto desc = forward_desc(g);
+      return Prepared{dnnl::convolution_forward(desc), desc.weights_desc()};
+    });
+    dnnl::stream stream(cpu_engine());
+    memory kernel = in_layout(stream, g.kernel(memory::format_tag::hwio), p.kernel,
+                              w.typed_data() + i * s->step[1]);
+    memory src(g.image(), cpu_engine(), x.typed_data() + i * s->step[0]);
+    memory dst(g.output(), cpu_engine(), y->typed_data() + i * s->step[2]);
+    p.primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel},
+                                 {DNNL_ARG_DST, dst}});
+    stream.wait();
+  });
+}
+
+ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                         ffi::ResultBuffer<ffi::F32> dx, Dims strides, Dims pads) {
+  auto s = slices(dy.dimensions(), w.dimensions(), dx->dimensions());
+  if (s.has_error()) return s.error();
+  Geometry g = geometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, pads);
+  return each_slice(*s, [&](int64_t i) {
+    const Prepared& p = prepared(g.key('x'), [&] {
+      dnnl::convolution_backward_data::primitive_desc desc(
+          cpu_engine(), dnnl::algorithm::convolution_direct, g.image(),
+          g.kernel(memory::format_tag::any), g.output(), g.strides(), g.pad_before(),
+          g.pad_after(), forward_desc(g));
+      return Prepared{dnnl::convolution_backward_data(desc), desc.weights_desc()};
+    });
+    dnnl::stream stream(cpu_engine());
+    memory kernel = in_layout(stream, g.kernel(memory::format_tag::hwio), p.kernel,
+                              w.typed_data() + i * s->step[1]);
+    memory diff_dst(g.output(), cpu_engine(), dy.typed_data() + i * s->step[0]);
+    memory diff_src(g.image(), cpu_engine(), dx->typed_data() + i * s->step[2]);
+    p.primitive.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, kernel},
+                                 {DNNL_ARG_DIFF_SRC, diff_src}});
+    stream.wait();
+  });
+}
+
+ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                          ffi::ResultBuffer<ffi::F32> dw, Dims strides, Dims pads) {
+  auto s = slices(x.dimensions(), dy.dimensions(), dw->dimensions());
+  if (s.has_error()) return s.error();
+  Geometry g = geometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, pads);
+  return each_slice(*s, [&](int64_t i) {
+    const Prepared& p = prepared(g.key('w'), [&] {
+      dnnl::convolution_backward_weights::primitive_desc desc(
+          cpu_engine(), dnnl::algorithm::convolution_direct, g.image(),
+          g.kernel(memory::format_tag::any), g.output(), g.strides(), g.pad_before(),
+          g.pad_after(), forward_desc(g));
+      return Prepared{dnnl::convolution_backward_weights(desc), desc.diff_weights_desc()};
+    });
+    dnnl::stream stream(cpu_engine());
+    memory::desc plain_desc = g.kernel(memory::format_tag::hwio);
+    memory plain(plain_desc, cpu_engine(), dw->typed_data() + i * s->step[2]);
+    memory out = p.kernel == plain_desc ? plain : memory(p.kernel, cpu_engine());
+    memory src(g.image(), cpu_engine(), x.typed_data() + i * s->step[0]);
+    memory diff_dst(g.output(), cpu_engine(), dy.typed_data() + i * s->step[1]);
+    p.primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
+                                 {DNNL_ARG_DIFF_WEIGHTS, out}});
+    if (!(p.kernel == plain_desc)) dnnl::reorder(out, plain).execute(stream, out, plain);
+    stream.wait();
+  });
+}
+
+}  // namespace
+
+#define JAXCNN_CONV_BINDING                              \
+  ffi::Ffi::Bind()                                       \
+      .Arg<ffi::Buffer<ffi::F32>>()                      \
+      .Arg<ffi::Buffer<ffi::F32>>()                      \
+      .Ret<ffi::Buffer<ffi::F32>>()                      \
+      .Attr<ffi::Span<const int64_t>>("strides")         \
+      .Attr<ffi::Span<const int64_t>>("padding")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvForward, Forward, JAXCNN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvInputGradient, InputGradient, JAXCNN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvKernelGradient, KernelGradient, JAXCNN_CONV_BINDING);

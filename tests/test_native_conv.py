@@ -1,0 +1,144 @@
+"""jaxcnn/native: oneDNN's convolution through XLA's FFI, built on first use.
+
+Its values against XLA's (jaxcnn/tests/test_conv_layer.py runs the zoo's cases through it too),
+a hand-computed example, jax.vmap, the routes that use it and the ones that must not, and the
+build's errors. In CI (``CI=true``) the library must build: its absence is a failure there.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxcnn.models.conv import NHWC, conv_general_dilated, without_native_convolution
+from jaxcnn.native import build, native_status
+from jaxcnn.native import conv as onednn
+
+STATUS = native_status()
+if not STATUS.available:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and the oneDNN convolution is unavailable: {STATUS.reason}",
+                    pytrace=False)
+    pytest.skip(f"no oneDNN convolution: {STATUS.reason}", allow_module_level=True)
+
+SAME_1 = ((1, 1), (1, 1))
+
+
+def hlo(fn, *args) -> str:
+    return jax.jit(fn).lower(*args).compile().as_text()
+
+
+def test_forward_and_both_gradients_on_a_hand_computed_example():
+    # 1 channel, 3x3 image 0..8, 2x2 kernel [[1, 0], [0, -1]], no padding: y = x[h,w] - x[h+1,w+1]
+    x = jnp.arange(9, dtype=jnp.float32).reshape(1, 3, 3, 1)
+    w = jnp.array([[1.0, 0.0], [0.0, -1.0]]).reshape(2, 2, 1, 1)
+    valid = ((0, 0), (0, 0))
+    np.testing.assert_array_equal(onednn.forward(x, w, (1, 1), valid)[0, :, :, 0],
+                                  [[-4.0, -4.0], [-4.0, -4.0]])
+    g = jnp.array([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 2, 2, 1)
+    # dx[a, b] = g[a, b] * w[0, 0] + g[a-1, b-1] * w[1, 1]
+    dx = onednn.input_gradient(g, w, x.shape, (1, 1), valid)[0, :, :, 0]
+    np.testing.assert_array_equal(dx, [[1, 2, 0], [3, 3, -2], [0, -3, -4]])
+    # dw[i, j] = sum_{h,w} x[h+i, w+j] g[h, w]
+    dw = onednn.kernel_gradient(x, g, w.shape, (1, 1), valid)[:, :, 0, 0]
+    image = np.arange(9).reshape(3, 3)
+    expected = [[(image[i:i + 2, j:j + 2] * np.array([[1, 2], [3, 4]])).sum() for j in range(2)]
+                for i in range(2)]
+    np.testing.assert_array_equal(dw, np.array(expected, np.float32))
+
+
+@pytest.mark.parametrize("x_shape,w_shape,strides,padding", [
+    ((8, 32, 32, 16), (3, 3, 16, 16), (1, 1), SAME_1),          # resnet20's first stage
+    ((4, 26, 26, 32), (3, 3, 32, 64), (1, 1), ((0, 0), (0, 0))),  # the lecture CNN's second
+    ((2, 64, 64, 3), (7, 7, 3, 64), (2, 2), ((3, 3), (3, 3))),  # ResNet's stem
+    ((3, 7, 9, 5), (2, 4, 5, 3), (2, 3), ((0, 1), (2, 0))),     # uneven everything
+])
+def test_larger_layers_match_xla_to_float32_rounding(x_shape, w_shape, strides, padding):
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=w_shape) * 0.1, jnp.float32)
+    y = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
+    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    _, pullback = jax.vjp(lambda a, b: lax.conv_general_dilated(
+        a, b, strides, padding, dimension_numbers=NHWC), x, w)
+    dx, dw = pullback(g)
+    for ours, xla in [(onednn.forward(x, w, strides, padding), y),
+                      (onednn.input_gradient(g, w, x.shape, strides, padding), dx),
+                      (onednn.kernel_gradient(x, g, w.shape, strides, padding), dw)]:
+        assert ours.shape == xla.shape
+        scale = float(jnp.max(jnp.abs(xla)))
+        np.testing.assert_allclose(ours, xla, atol=1e-5 * scale, rtol=0)
+
+
+def test_vmap_over_groups_with_a_shared_kernel_is_each_group_alone():
+    # ghost BatchNorm's path (jaxcnn.train.steps): the model vmapped over batch groups
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(3, 2, 6, 6, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 4, 5)), jnp.float32)
+
+    def loss(x, w):
+        return jnp.sum(jnp.tanh(conv_general_dilated(x, w, (1, 1), SAME_1,
+                                                     dimension_numbers=NHWC)))
+
+    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jax.vmap(loss, (0, None))(x, w)), (0, 1)))
+    dx, dw = grad(x, w)
+    alone = [jax.grad(loss, (0, 1))(x[i], w) for i in range(3)]
+    np.testing.assert_allclose(dx, jnp.stack([a[0] for a in alone]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dw, sum(a[1] for a in alone), rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_convolutions_call_onednn_unless_told_not_to():
+    x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))
+    loss = lambda x, w: jnp.sum(conv_general_dilated(  # noqa: E731
+        x, w, (1, 1), SAME_1, dimension_numbers=NHWC) ** 2)
+    text = hlo(jax.grad(loss, (0, 1)), x, w)
+    for target in build.TARGETS:
+        assert f'custom_call_target="{target}"' in text
+    with without_native_convolution():
+        assert "jaxcnn_conv" not in hlo(jax.grad(loss, (0, 1)), x, w)
+    # bfloat16, grouped and dilated convolutions stay XLA's
+    bf16 = lambda x, w: conv_general_dilated(x, w, (1, 1), SAME_1,  # noqa: E731
+                                             dimension_numbers=NHWC)
+    assert "jaxcnn_conv" not in hlo(bf16, x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+    grouped = lambda x, w: conv_general_dilated(  # noqa: E731
+        x, w, (1, 1), SAME_1, dimension_numbers=NHWC, feature_group_count=2)
+    assert "jaxcnn_conv" not in hlo(grouped, x, jnp.ones((3, 3, 2, 6)))
+    dilated = lambda x, w: conv_general_dilated(  # noqa: E731
+        x, w, (1, 1), SAME_1, rhs_dilation=(2, 2), dimension_numbers=NHWC)
+    assert "jaxcnn_conv" not in hlo(dilated, x, w)
+
+
+def test_a_missing_compiler_is_named_and_leaves_no_partial_library(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    with pytest.raises(build.BuildError, match="no C\\+\\+ compiler 'no-such-compiler-xyz'"):
+        build.build_library()
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
+    with pytest.raises(build.BuildError, match="compiling onednn_conv.cc failed"):
+        build.build_library()
+    assert [p for p in pathlib.Path(tmp_path).rglob("*") if p.is_file()] == []
+
+
+def test_missing_onednn_names_the_packages_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv(build.ENV_ROOT, str(tmp_path))
+    monkeypatch.setattr(build.sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(build.sys, "base_prefix", str(tmp_path))
+    with pytest.raises(build.BuildError, match="pip install onednn-cpu-gomp"):
+        build.find_onednn()
+
+
+def test_the_switch_turns_it_off(monkeypatch):
+    monkeypatch.setenv(build.ENV_SWITCH, "0")
+    build.native_status.cache_clear()
+    try:
+        status = build.native_status()
+        assert not status.available and build.ENV_SWITCH in status.reason
+    finally:
+        monkeypatch.delenv(build.ENV_SWITCH)
+        build.native_status.cache_clear()
+        assert build.native_status().available  # loads the cached library again
