@@ -13,6 +13,7 @@ from jax import lax
 
 from jaxcnn.models.conv import (NHWC, Conv, conv_general_dilated, kernel_gradient,
                                 without_native_convolution, xla_kernel_gradient_is_faster)
+from jaxcnn.models import conv as conv_module
 from jaxcnn.native import native_status
 
 CASES = [  # input, kernel, strides, padding
@@ -35,9 +36,11 @@ def loss_of(conv):
 
 @pytest.mark.parametrize("native", [True, False], ids=["onednn", "xla-routes"])
 @pytest.mark.parametrize("x_shape,w_shape,strides,padding", CASES)
-def test_values_and_both_gradients_match_xla(x_shape, w_shape, strides, padding, native):
+def test_values_and_both_gradients_match_xla(x_shape, w_shape, strides, padding, native,
+                                             monkeypatch):
     if native and not native_status().available:
         pytest.skip(f"no oneDNN convolution: {native_status().reason}")
+    monkeypatch.setattr(conv_module, "MIN_ONEDNN_MACS", 0)  # these small layers too
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
     w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from jaxcnn.models import conv as conv_module
 from jaxcnn.models.conv import NHWC, conv_general_dilated, without_native_convolution
 from jaxcnn.native import build, native_status
 from jaxcnn.native import conv as onednn
@@ -75,7 +76,7 @@ def test_larger_layers_match_xla_to_float32_rounding(x_shape, w_shape, strides, 
         np.testing.assert_allclose(ours, xla, atol=1e-5 * scale, rtol=0)
 
 
-def test_vmap_over_groups_with_a_shared_kernel_is_each_group_alone():
+def test_vmap_over_groups_with_a_shared_kernel_is_each_group_alone(monkeypatch):
     # ghost BatchNorm's path (jaxcnn.train.steps): the model vmapped over batch groups
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.normal(size=(3, 2, 6, 6, 4)), jnp.float32)
@@ -85,22 +86,30 @@ def test_vmap_over_groups_with_a_shared_kernel_is_each_group_alone():
         return jnp.sum(jnp.tanh(conv_general_dilated(x, w, (1, 1), SAME_1,
                                                      dimension_numbers=NHWC)))
 
+    monkeypatch.setattr(conv_module, "MIN_ONEDNN_MACS", 0)
     grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jax.vmap(loss, (0, None))(x, w)), (0, 1)))
+    assert "jaxcnn_conv_kernel_gradient" in grad.lower(x, w).compile().as_text()
     dx, dw = grad(x, w)
     alone = [jax.grad(loss, (0, 1))(x[i], w) for i in range(3)]
     np.testing.assert_allclose(dx, jnp.stack([a[0] for a in alone]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dw, sum(a[1] for a in alone), rtol=1e-5, atol=1e-5)
 
 
-def test_cpu_convolutions_call_onednn_unless_told_not_to():
-    x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))
+def test_cpu_convolutions_with_enough_work_call_onednn_unless_told_not_to(monkeypatch):
     loss = lambda x, w: jnp.sum(conv_general_dilated(  # noqa: E731
         x, w, (1, 1), SAME_1, dimension_numbers=NHWC) ** 2)
+    # resnet20's first stage at batch 16: 16*32*32*9*16*16 = 37.7M multiply-adds
+    x, w = jnp.ones((16, 32, 32, 16)), jnp.ones((3, 3, 16, 16))
     text = hlo(jax.grad(loss, (0, 1)), x, w)
     for target in build.TARGETS:
         assert f'custom_call_target="{target}"' in text
     with without_native_convolution():
         assert "jaxcnn_conv" not in hlo(jax.grad(loss, (0, 1)), x, w)
+    # below MIN_ONEDNN_MACS (LeNet-5's C3 at batch 24: 5.8M), XLA's routes
+    assert conv_module.MIN_ONEDNN_MACS > 24 * 10 * 10 * 5 * 5 * 6 * 16
+    assert "jaxcnn_conv" not in hlo(loss, jnp.ones((24, 14, 14, 6)), jnp.ones((5, 5, 6, 16)))
+    monkeypatch.setattr(conv_module, "MIN_ONEDNN_MACS", 0)
+    x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))
     # bfloat16, grouped and dilated convolutions stay XLA's
     bf16 = lambda x, w: conv_general_dilated(x, w, (1, 1), SAME_1,  # noqa: E731
                                              dimension_numbers=NHWC)

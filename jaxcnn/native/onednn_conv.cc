@@ -10,6 +10,8 @@
 // Built and loaded by jaxcnn/native/build.py; the Python side is jaxcnn/native/conv.py.
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <new>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -76,23 +78,62 @@ Geometry geometry(Dims x, Dims w, Dims y, Dims strides, Dims pads) {
                   strides[0], strides[1], pads[0], pads[1], pads[2], pads[3]};
 }
 
+// Primitives take their scratch memory from us (scratch()), not from oneDNN's own shared
+// scratchpad, which is tied to the thread that created the primitive; XLA calls us from any
+// of its threads.
+dnnl::primitive_attr user_scratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
 dnnl::convolution_forward::primitive_desc forward_desc(const Geometry& g) {
   return {cpu_engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
           g.image(), g.kernel(memory::format_tag::any), g.output(), g.strides(),
-          g.pad_before(), g.pad_after()};
+          g.pad_before(), g.pad_after(), user_scratchpad()};
 }
 
-// A primitive and the kernel layout it was created for.
+// A primitive, the kernel layout it was created for and the scratch memory it needs.
 struct Prepared {
   dnnl::primitive primitive;
   memory::desc kernel;
+  memory::desc scratchpad;
 };
 
+template <typename Primitive, typename Desc>
+Prepared prepare(const Desc& desc, const memory::desc& kernel) {
+  return Prepared{Primitive(desc), kernel, desc.scratchpad_desc()};
+}
+
+// One scratch buffer for all primitives, grown to the largest need (callers hold
+// onednn_mutex, so only one primitive uses it at a time).
+memory scratch(const Prepared& p) {
+  static std::unique_ptr<void, void (*)(void*)> buffer(nullptr, std::free);
+  static size_t capacity = 0;
+  size_t needed = p.scratchpad.get_size();
+  if (needed > capacity) {
+    size_t rounded = (needed + 4095) / 4096 * 4096;
+    buffer.reset(std::aligned_alloc(4096, rounded));
+    if (!buffer) throw std::bad_alloc();
+    capacity = rounded;
+  }
+  return memory(p.scratchpad, cpu_engine(), buffer.get());
+}
+
+// One oneDNN call at a time. XLA runs independent thunks on different threads at once; two
+// convolutions together each start a team of OpenMP threads on the same cores, whose
+// spinning barriers then wait on each other (with oneDNN's shared scratchpad, before the
+// user scratchpad above, a ResNet-50 kernel gradient spun for minutes). Each call uses
+// every core anyway.
+std::mutex& onednn_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
+// The cached primitive for `key` (made by `make` the first time); callers hold onednn_mutex.
 template <typename Make>
 const Prepared& prepared(const std::string& key, Make make) {
-  static std::mutex mutex;
   static std::unordered_map<std::string, std::unique_ptr<Prepared>> cache;
-  std::lock_guard<std::mutex> lock(mutex);
   auto& slot = cache[key];
   if (!slot) slot = std::make_unique<Prepared>(make());
   return *slot;
@@ -117,21 +158,27 @@ ffi::ErrorOr<Slices> slices(Dims a, Dims b, Dims out) {
   return s;
 }
 
-// Sets flush-to-zero and denormals-are-zero on the calling thread and on the OpenMP threads
-// oneDNN will use. XLA:CPU runs its own code so (and sets it on the thread that calls us),
-// but oneDNN's OpenMP workers start without it, and a training run whose values drift into
-// denormal range then ran 100x slower on those threads (ResNet-50 stalled for minutes).
+// Sets flush-to-zero and denormals-are-zero on the OpenMP threads oneDNN will use. XLA:CPU
+// runs its own code so (and sets it on the thread that calls us), but oneDNN's OpenMP workers
+// start without it, and a training run whose values drift into denormal range then ran 100x
+// slower on those threads (ResNet-50 stalled for minutes). Each calling thread keeps its own
+// pool of OpenMP workers for the process's life, so once per calling thread is enough, and
+// a call costs no parallel region beyond oneDNN's own.
 void flush_denormals() {
+  thread_local bool flushed = false;
+  if (flushed) return;
 #pragma omp parallel
   {
     _MM_SET_FLUSH_ZERO_MODE(_MM_FLUSH_ZERO_ON);
     _MM_SET_DENORMALS_ZERO_MODE(_MM_DENORMALS_ZERO_ON);
   }
+  flushed = true;
 }
 
 // Runs `body(slice)` for each vmapped slice, turning oneDNN's exceptions into FFI errors.
 template <typename Body>
 ffi::Error each_slice(const Slices& s, Body body) {
+  std::lock_guard<std::mutex> lock(onednn_mutex());
   flush_denormals();
   try {
     for (int64_t i = 0; i < s.count; ++i) body(i);
@@ -158,7 +205,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   return each_slice(*s, [&](int64_t i) {
     const Prepared& p = prepared(g.key('f'), [&] {
       auto desc = forward_desc(g);
-      return Prepared{dnnl::convolution_forward(desc), desc.weights_desc()};
+      return prepare<dnnl::convolution_forward>(desc, desc.weights_desc());
     });
     dnnl::stream stream(cpu_engine());
     memory kernel = in_layout(stream, g.kernel(memory::format_tag::hwio), p.kernel,
@@ -166,7 +213,8 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     memory src(g.image(), cpu_engine(), x.typed_data() + i * s->step[0]);
     memory dst(g.output(), cpu_engine(), y->typed_data() + i * s->step[2]);
     p.primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel},
-                                 {DNNL_ARG_DST, dst}});
+                                 {DNNL_ARG_DST, dst},
+                                 {DNNL_ARG_SCRATCHPAD, scratch(p)}});
     stream.wait();
   });
 }
@@ -181,8 +229,8 @@ ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
       dnnl::convolution_backward_data::primitive_desc desc(
           cpu_engine(), dnnl::algorithm::convolution_direct, g.image(),
           g.kernel(memory::format_tag::any), g.output(), g.strides(), g.pad_before(),
-          g.pad_after(), forward_desc(g));
-      return Prepared{dnnl::convolution_backward_data(desc), desc.weights_desc()};
+          g.pad_after(), forward_desc(g), user_scratchpad());
+      return prepare<dnnl::convolution_backward_data>(desc, desc.weights_desc());
     });
     dnnl::stream stream(cpu_engine());
     memory kernel = in_layout(stream, g.kernel(memory::format_tag::hwio), p.kernel,
@@ -190,7 +238,8 @@ ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
     memory diff_dst(g.output(), cpu_engine(), dy.typed_data() + i * s->step[0]);
     memory diff_src(g.image(), cpu_engine(), dx->typed_data() + i * s->step[2]);
     p.primitive.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, kernel},
-                                 {DNNL_ARG_DIFF_SRC, diff_src}});
+                                 {DNNL_ARG_DIFF_SRC, diff_src},
+                                 {DNNL_ARG_SCRATCHPAD, scratch(p)}});
     stream.wait();
   });
 }
@@ -205,8 +254,8 @@ ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
       dnnl::convolution_backward_weights::primitive_desc desc(
           cpu_engine(), dnnl::algorithm::convolution_direct, g.image(),
           g.kernel(memory::format_tag::any), g.output(), g.strides(), g.pad_before(),
-          g.pad_after(), forward_desc(g));
-      return Prepared{dnnl::convolution_backward_weights(desc), desc.diff_weights_desc()};
+          g.pad_after(), forward_desc(g), user_scratchpad());
+      return prepare<dnnl::convolution_backward_weights>(desc, desc.diff_weights_desc());
     });
     dnnl::stream stream(cpu_engine());
     memory::desc plain_desc = g.kernel(memory::format_tag::hwio);
@@ -215,7 +264,8 @@ ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
     memory src(g.image(), cpu_engine(), x.typed_data() + i * s->step[0]);
     memory diff_dst(g.output(), cpu_engine(), dy.typed_data() + i * s->step[1]);
     p.primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
-                                 {DNNL_ARG_DIFF_WEIGHTS, out}});
+                                 {DNNL_ARG_DIFF_WEIGHTS, out},
+                                 {DNNL_ARG_SCRATCHPAD, scratch(p)}});
     if (!(p.kernel == plain_desc)) dnnl::reorder(out, plain).execute(stream, out, plain);
     stream.wait();
   });
