@@ -4,7 +4,8 @@ On the CPU (2 x86 cores, JAX 0.12, batch 128; ``benchmarks/throughput.py`` times
 steps), float32 NHWC convolutions without groups or dilation run oneDNN's direct convolution
 (forward, input gradient and kernel gradient; :mod:`jaxcnn.native`), called from XLA through
 its FFI: 190-250 GFLOP/s on the layers of resnet20 and the lecture CNN, against 90-200 for
-XLA:CPU's forward pass and 10-170 for forward and backward together. It needs the oneDNN
+XLA:CPU's forward pass and 10-170 for forward and backward together; convolutions of fewer
+than :data:`MIN_ONEDNN_MACS` multiply-adds keep XLA's routes, faster there. It needs the oneDNN
 wheels and a C++ compiler (:func:`jaxcnn.native.native_status` says whether it is in use, and
 why not); programs XLA partitions over several devices do without it
 (:func:`without_native_convolution`).

@@ -121,10 +121,10 @@ memory scratch(const Prepared& p) {
 }
 
 // One oneDNN call at a time. XLA runs independent thunks on different threads at once; two
-// convolutions together each start a team of OpenMP threads on the same cores, whose
-// spinning barriers then wait on each other (with oneDNN's shared scratchpad, before the
-// user scratchpad above, a ResNet-50 kernel gradient spun for minutes). Each call uses
-// every core anyway.
+// convolutions together would each start a team of OpenMP threads on the same cores, whose
+// spinning barriers then compete (before this lock and the user scratchpad above, with
+// oneDNN's shared scratchpad used from several threads, an OpenMP thread of a ResNet-50 run
+// spun in a oneDNN barrier for minutes). Each call uses every core anyway.
 std::mutex& onednn_mutex() {
   static std::mutex mutex;
   return mutex;
@@ -158,12 +158,11 @@ ffi::ErrorOr<Slices> slices(Dims a, Dims b, Dims out) {
   return s;
 }
 
-// Sets flush-to-zero and denormals-are-zero on the OpenMP threads oneDNN will use. XLA:CPU
-// runs its own code so (and sets it on the thread that calls us), but oneDNN's OpenMP workers
-// start without it, and a training run whose values drift into denormal range then ran 100x
-// slower on those threads (ResNet-50 stalled for minutes). Each calling thread keeps its own
-// pool of OpenMP workers for the process's life, so once per calling thread is enough, and
-// a call costs no parallel region beyond oneDNN's own.
+// Sets flush-to-zero and denormals-are-zero on the OpenMP threads oneDNN will use, as XLA:CPU
+// sets them on its own threads (the one that calls us included), so that oneDNN's workers
+// treat denormals as the rest of the program does and never take the slow path for them.
+// Each calling thread keeps its own pool of OpenMP workers for the process's life, so once
+// per calling thread is enough, and a call costs no parallel region beyond oneDNN's own.
 void flush_denormals() {
   thread_local bool flushed = false;
   if (flushed) return;
