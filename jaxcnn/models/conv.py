@@ -62,7 +62,7 @@ MAX_PATCH_ELEMENTS = 2 ** 21
 MAX_BATCH_PATCH_ELEMENTS = 2 ** 24
 # Multiply-adds of a convolution's forward pass below which XLA's routes beat a oneDNN call
 # in whole steps: LeNet-5 at batch 24 (its layers 2.8M and 5.8M) reached 99% on MNIST in
-# 12.3-13.7 s with XLA's routes against 14.7-17.7 s with oneDNN; at batch 128 (15M and
+# 12.3-13.7 s with XLA's routes against 14.9-17.7 s with oneDNN; at batch 128 (15M and
 # 31M) oneDNN trains it 1.3x faster.
 MIN_ONEDNN_MACS = 2 ** 23
 # Up to this many kernel taps (kh*kw*C_in), the CPU forward pass is :func:`shift_and_add`.
@@ -229,11 +229,12 @@ _conv_onednn.defvjp(_onednn_fwd, _onednn_bwd)
 
 @functools.cache
 def _one_cpu_device() -> bool:
-    """Whether the CPU backend has one device. Several (``--xla_force_host_platform_device_
-    count``, for testing multi-device code on one machine) share its cores: each device's
-    oneDNN call would start its own OpenMP team, and 8 devices' collectives measured stuck
-    until XLA aborted; XLA's convolutions serve them."""
-    return len(jax.local_devices(backend="cpu")) == 1
+    """Whether the CPU is JAX's default backend, with one device. On a GPU or TPU host the
+    CPU branch is never run, so the library is not built there. Several CPU devices
+    (``--xla_force_host_platform_device_count``, for testing multi-device code on one
+    machine) share its cores: each device's oneDNN call would start its own OpenMP team, and
+    8 devices' collectives measured stuck until XLA aborted; XLA's convolutions serve them."""
+    return jax.default_backend() == "cpu" and len(jax.local_devices(backend="cpu")) == 1
 
 
 def _pads(padding, x_shape, w_shape, strides):
