@@ -174,13 +174,13 @@ void flush_denormals() {
   flushed = true;
 }
 
-// Runs `body(slice)` for each vmapped slice, turning oneDNN's exceptions into FFI errors.
+// Runs `body` holding onednn_mutex, turning oneDNN's exceptions into FFI errors.
 template <typename Body>
-ffi::Error each_slice(const Slices& s, Body body) {
+ffi::Error locked(Body body) {
   std::lock_guard<std::mutex> lock(onednn_mutex());
   flush_denormals();
   try {
-    for (int64_t i = 0; i < s.count; ++i) body(i);
+    body();
   } catch (const std::exception& err) {
     return ffi::Error::Internal(std::string("oneDNN convolution: ") + err.what());
   }
@@ -196,25 +196,35 @@ memory in_layout(dnnl::stream& stream, const memory::desc& plain_desc,
   return blocked;
 }
 
+// Runs `p` on each vmapped slice, for the primitives that read one activation (`in`) and the
+// kernel and write another (`out`): the forward pass and the input gradient.
+void run_with_kernel(const Prepared& p, const Slices& s, const Geometry& g,
+                     int in_arg, const memory::desc& in_desc, float* in, float* kernel,
+                     int out_arg, const memory::desc& out_desc, float* out) {
+  for (int64_t i = 0; i < s.count; ++i) {
+    dnnl::stream stream(cpu_engine());
+    memory weights = in_layout(stream, g.kernel(memory::format_tag::hwio), p.kernel,
+                               kernel + i * s.step[1]);
+    memory source(in_desc, cpu_engine(), in + i * s.step[0]);
+    memory result(out_desc, cpu_engine(), out + i * s.step[2]);
+    p.primitive.execute(stream, {{in_arg, source}, {DNNL_ARG_WEIGHTS, weights},
+                                 {out_arg, result}, {DNNL_ARG_SCRATCHPAD, scratch(p)}});
+    stream.wait();
+  }
+}
+
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::ResultBuffer<ffi::F32> y, Dims strides, Dims pads) {
   auto s = slices(x.dimensions(), w.dimensions(), y->dimensions());
   if (s.has_error()) return s.error();
   Geometry g = geometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, pads);
-  return each_slice(*s, [&](int64_t i) {
+  return locked([&] {
     const Prepared& p = prepared(g.key('f'), [&] {
       auto desc = forward_desc(g);
       return prepare<dnnl::convolution_forward>(desc, desc.weights_desc());
     });
-    dnnl::stream stream(cpu_engine());
-    memory kernel = in_layout(stream, g.kernel(memory::format_tag::hwio), p.kernel,
-                              w.typed_data() + i * s->step[1]);
-    memory src(g.image(), cpu_engine(), x.typed_data() + i * s->step[0]);
-    memory dst(g.output(), cpu_engine(), y->typed_data() + i * s->step[2]);
-    p.primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel},
-                                 {DNNL_ARG_DST, dst},
-                                 {DNNL_ARG_SCRATCHPAD, scratch(p)}});
-    stream.wait();
+    run_with_kernel(p, *s, g, DNNL_ARG_SRC, g.image(), x.typed_data(), w.typed_data(),
+                    DNNL_ARG_DST, g.output(), y->typed_data());
   });
 }
 
@@ -223,7 +233,7 @@ ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
   auto s = slices(dy.dimensions(), w.dimensions(), dx->dimensions());
   if (s.has_error()) return s.error();
   Geometry g = geometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, pads);
-  return each_slice(*s, [&](int64_t i) {
+  return locked([&] {
     const Prepared& p = prepared(g.key('x'), [&] {
       dnnl::convolution_backward_data::primitive_desc desc(
           cpu_engine(), dnnl::algorithm::convolution_direct, g.image(),
@@ -231,15 +241,8 @@ ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
           g.pad_after(), forward_desc(g), user_scratchpad());
       return prepare<dnnl::convolution_backward_data>(desc, desc.weights_desc());
     });
-    dnnl::stream stream(cpu_engine());
-    memory kernel = in_layout(stream, g.kernel(memory::format_tag::hwio), p.kernel,
-                              w.typed_data() + i * s->step[1]);
-    memory diff_dst(g.output(), cpu_engine(), dy.typed_data() + i * s->step[0]);
-    memory diff_src(g.image(), cpu_engine(), dx->typed_data() + i * s->step[2]);
-    p.primitive.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, kernel},
-                                 {DNNL_ARG_DIFF_SRC, diff_src},
-                                 {DNNL_ARG_SCRATCHPAD, scratch(p)}});
-    stream.wait();
+    run_with_kernel(p, *s, g, DNNL_ARG_DIFF_DST, g.output(), dy.typed_data(), w.typed_data(),
+                    DNNL_ARG_DIFF_SRC, g.image(), dx->typed_data());
   });
 }
 
@@ -248,7 +251,7 @@ ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   auto s = slices(x.dimensions(), dy.dimensions(), dw->dimensions());
   if (s.has_error()) return s.error();
   Geometry g = geometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, pads);
-  return each_slice(*s, [&](int64_t i) {
+  return locked([&] {
     const Prepared& p = prepared(g.key('w'), [&] {
       dnnl::convolution_backward_weights::primitive_desc desc(
           cpu_engine(), dnnl::algorithm::convolution_direct, g.image(),
@@ -256,17 +259,19 @@ ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
           g.pad_after(), forward_desc(g), user_scratchpad());
       return prepare<dnnl::convolution_backward_weights>(desc, desc.diff_weights_desc());
     });
-    dnnl::stream stream(cpu_engine());
     memory::desc plain_desc = g.kernel(memory::format_tag::hwio);
-    memory plain(plain_desc, cpu_engine(), dw->typed_data() + i * s->step[2]);
-    memory out = p.kernel == plain_desc ? plain : memory(p.kernel, cpu_engine());
-    memory src(g.image(), cpu_engine(), x.typed_data() + i * s->step[0]);
-    memory diff_dst(g.output(), cpu_engine(), dy.typed_data() + i * s->step[1]);
-    p.primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
-                                 {DNNL_ARG_DIFF_WEIGHTS, out},
-                                 {DNNL_ARG_SCRATCHPAD, scratch(p)}});
-    if (!(p.kernel == plain_desc)) dnnl::reorder(out, plain).execute(stream, out, plain);
-    stream.wait();
+    for (int64_t i = 0; i < s->count; ++i) {
+      dnnl::stream stream(cpu_engine());
+      memory plain(plain_desc, cpu_engine(), dw->typed_data() + i * s->step[2]);
+      memory out = p.kernel == plain_desc ? plain : memory(p.kernel, cpu_engine());
+      memory src(g.image(), cpu_engine(), x.typed_data() + i * s->step[0]);
+      memory diff_dst(g.output(), cpu_engine(), dy.typed_data() + i * s->step[1]);
+      p.primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
+                                   {DNNL_ARG_DIFF_WEIGHTS, out},
+                                   {DNNL_ARG_SCRATCHPAD, scratch(p)}});
+      if (!(p.kernel == plain_desc)) dnnl::reorder(out, plain).execute(stream, out, plain);
+      stream.wait();
+    }
   });
 }
 
