@@ -213,9 +213,9 @@ def bench_model(name: str, shape, args, workers: dict, gpu: bool) -> dict:
             continue
         remote[key] = worker
         steps[key] = steps_for(probe, args.seconds)
-        if key == "PyTorch":
+        if key in ("PyTorch", SAME_MALLOC):
             row["torch_params"] = info["params"]
-            print(f"  PyTorch {info['torch']} (Python {info['python']}, {info['threads']} "
+            print(f"  {key} {info['torch']} (Python {info['python']}, {info['threads']} "
                   f"threads): {info['params']:,} parameters", flush=True)
         else:
             print(f"  {key}: first step (compile) {info['compile_seconds']:.1f} s", flush=True)
@@ -248,10 +248,10 @@ def report(rows, peak: float) -> None:
     print("\nSteady-state training throughput, images/s: median (min-max) of the repetitions")
     keys = []
     for row in rows:
-        keys += [k for k in row["rates"] if k not in keys and k != "PyTorch"]
-    keys += ["PyTorch"]
+        keys += [k for k in row["rates"] if k not in keys and k not in ("PyTorch", SAME_MALLOC)]
+    keys += [k for k in ("PyTorch", SAME_MALLOC) if any(k in row["rates"] for row in rows)]
     head = f"{'model':10s} {'input':>9s} {'GFLOP/img':>9s} " + " ".join(
-        f"{k:>21s}" for k in keys) + f" {'jax/torch':>9s} {'guard':>6s}"
+        f"{k:>21s}" for k in keys) + f" {'jax/torch':>9s} {'same-malloc':>11s} {'guard':>6s}"
     print(head)
     print("-" * len(head))
     for row in rows:
@@ -259,15 +259,17 @@ def report(rows, peak: float) -> None:
         med = {k: statistics.median(v) for k, v in r.items()}
         cells = [spread(r[k]) if k in r else "n/a" for k in keys]
         ratio = f"{med['jaxcnn'] / med['PyTorch']:.2f}" if "PyTorch" in med else "n/a"
+        same = f"{med['jaxcnn'] / med[SAME_MALLOC]:.2f}" if SAME_MALLOC in med else "n/a"
         guard = (f"{(med['no guard'] / med['jaxcnn'] - 1) * 100:+.0f}%" if "no guard" in med
                  else "n/a")
         shape = "x".join(str(n) for n in row["shape"])
         print(f"{row['model']:10s} {shape:>9s} {row['train_flops'] / 1e9:9.4f} "
-              + " ".join(f"{c:>21s}" for c in cells) + f" {ratio:>9s} {guard:>6s}")
-    print("\njax/torch: jaxcnn's median images/s over PyTorch's. guard: what the non-finite "
+              + " ".join(f"{c:>21s}" for c in cells) + f" {ratio:>9s} {same:>11s} {guard:>6s}")
+    print("\njax/torch: jaxcnn's median images/s over PyTorch's; same-malloc: over PyTorch's "
+          "with jaxcnn's malloc settings\n(--torch-same-malloc). guard: what the non-finite "
           "guard of train_step costs,\n(no-guard images/s) / (jaxcnn images/s) - 1.")
     for key in keys:
-        if key not in ("jaxcnn", "no guard", "PyTorch"):
+        if key not in ("jaxcnn", "no guard", "PyTorch", SAME_MALLOC):
             print(f"variant {key!r}: jaxcnn with XLA_FLAGS={VARIANTS[key]!r}")
     print(f"\nAchieved training FLOP rate (6 x forward MACs x images/s) against the measured "
           f"float32 matmul rate, {peak / 1e9:.0f} GFLOP/s:")
@@ -282,6 +284,7 @@ def report(rows, peak: float) -> None:
 
 
 VARIANTS: dict[str, str] = {}
+SAME_MALLOC = "PyTorch same malloc"
 
 
 def main(argv=None) -> None:
@@ -303,6 +306,9 @@ def main(argv=None) -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=XLA_FLAGS",
                         help="also time jaxcnn in a worker process with these XLA_FLAGS "
                              "(repeatable), alternating with the others")
+    parser.add_argument("--torch-same-malloc", action="store_true",
+                        help="also time PyTorch with the glibc malloc settings that jaxcnn "
+                             "applies to its own process (jaxcnn.allocator)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-compile-time", action="store_true")
     parser.add_argument("--jax-serve", action="store_true", help=argparse.SUPPRESS)
@@ -313,13 +319,17 @@ def main(argv=None) -> None:
         return
 
     print(f"load average (1, 5, 15 min) at start: {load()}", flush=True)
+    import jaxcnn  # first: its malloc settings must precede JAX's threads (jaxcnn.allocator)
+    from jaxcnn.allocator import ENVIRONMENT
+
     import jax
 
     gpu = jax.default_backend() == "gpu"
     args.threads = args.threads or cpu_threads()
     print(f"JAX {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}), "
           f"Python {platform.python_version()}, {cpu_threads()} cores; "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; jaxcnn's malloc settings: "
+          f"{jaxcnn.malloc_tuning()}")
     print("jaxcnn and PyTorch run in separate processes, alternately (never at the same time): "
           "PyTorch has no CPU build for Python 3.12 here and JAX 0.12 needs 3.12, so PyTorch "
           "runs under its own interpreter as a worker driven over a pipe.")
@@ -339,6 +349,11 @@ def main(argv=None) -> None:
             workers["PyTorch"] = Worker([python, str(TORCH_SIDE), "serve"])
             print(f"PyTorch worker: {python} {TORCH_SIDE.name} serve, "
                   f"torch.set_num_threads({args.threads})")
+            if args.torch_same_malloc:
+                workers[SAME_MALLOC] = Worker([python, str(TORCH_SIDE), "serve"],
+                                              env=dict(os.environ, **ENVIRONMENT))
+                print(f"{SAME_MALLOC!r} worker: the same, with " + " ".join(
+                    f"{k}={v}" for k, v in ENVIRONMENT.items()))
         else:
             print(f"no PyTorch interpreter at {python}; pass --torch-python or set "
                   "$JAXCNN_TORCH_PYTHON (jaxcnn only)")

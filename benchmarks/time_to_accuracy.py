@@ -70,6 +70,8 @@ def jax_worker(args) -> None:
     def emit(**kw):
         print(json.dumps(kw), flush=True)
 
+    import jaxcnn  # noqa: F401  (its malloc settings precede every thread: jaxcnn.allocator)
+
     # gunzip the IDX files in a thread (zlib lets go of the GIL) while JAX imports and compiles
     loaded = {}
     reader = threading.Thread(target=lambda: loaded.update(data=load_mnist(args.data_dir)))
@@ -182,6 +184,15 @@ def make_schedule(args, total: int):
 # --- the parent ---------------------------------------------------------------------------------
 
 
+SAME_MALLOC = "PyTorch same malloc"
+
+
+def same_malloc_env() -> dict:
+    from jaxcnn.allocator import ENVIRONMENT
+
+    return dict(os.environ, **ENVIRONMENT)
+
+
 def run_one(cmd: list[str], env=None) -> dict:
     """Starts ``cmd``, reads its JSON lines; returns the wall time to 'reached' and the trail."""
     began = time.perf_counter()
@@ -252,6 +263,9 @@ def main(argv=None) -> None:
     parser.add_argument("--nonfinite", default="stop", choices=("stop", "skip", "ignore"),
                         help="jaxcnn train_step's non-finite guard")
     parser.add_argument("--torch-python", default=None)
+    parser.add_argument("--torch-same-malloc", action="store_true",
+                        help="also time PyTorch with the glibc malloc settings that jaxcnn "
+                             "applies to its own process (jaxcnn.allocator)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-jax", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -278,12 +292,14 @@ def main(argv=None) -> None:
         if os.path.exists(torch_py):
             sides["PyTorch"] = lambda seed: [torch_py, str(TORCH_SIDE), "tta", "--seed",
                                              str(seed), *recipe_args(args)]
+            if args.torch_same_malloc:
+                sides[SAME_MALLOC] = sides["PyTorch"]
         else:
             print(f"no PyTorch interpreter at {torch_py}; jaxcnn only")
     runs = {name: [] for name in sides}
     for seed in range(args.seeds):
         for name, cmd in sides.items():
-            result = run_one(cmd(seed))
+            result = run_one(cmd(seed), env=same_malloc_env() if name == SAME_MALLOC else None)
             runs[name].append(result)
             trail = ", ".join(f"{e:.2f}:{a:.4f}" for e, a, _ in result["evals"])
             got = (f"{result['reached']:.1f} s" if result["reached"] is not None
@@ -295,10 +311,11 @@ def main(argv=None) -> None:
     print()
     for name in sides:
         print(describe(name, runs[name]))
-    if len(sides) == 2 and all(any(r["reached"] for r in v) for v in runs.values()):
-        j = statistics.mean(r["reached"] for r in runs["jaxcnn"] if r["reached"])
-        t = statistics.mean(r["reached"] for r in runs["PyTorch"] if r["reached"])
-        print(f"jaxcnn/PyTorch time ratio: {j / t:.2f} (below 1: jaxcnn is faster)")
+    reached = {name: [r["reached"] for r in v if r["reached"]] for name, v in runs.items()}
+    for other in ("PyTorch", SAME_MALLOC):
+        if reached.get("jaxcnn") and reached.get(other):
+            ratio = statistics.mean(reached["jaxcnn"]) / statistics.mean(reached[other])
+            print(f"jaxcnn/{other} time ratio: {ratio:.2f} (below 1: jaxcnn is faster)")
     print(f"load average (1, 5, 15 min) at end: {load()}")
 
 

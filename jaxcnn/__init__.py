@@ -5,6 +5,11 @@
 """
 __version__ = "0.1.0"
 
+from jaxcnn.allocator import malloc_tuning, tune_malloc
+
+# Before JAX starts its threads: see jaxcnn.allocator (JAXCNN_MALLOC_TUNING=0 turns it off).
+tune_malloc()
+
 
 def load(workdir, best: bool = True):
     """``(model, variables, spec)`` of a finished run (its best checkpoint, else the newest)."""
