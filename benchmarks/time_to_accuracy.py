@@ -31,8 +31,13 @@ epochs: 3 to 5 of 5 from run to run; batch 32 over 2 epochs: 5 of 5, PyTorch 3 o
 ends these short cycles at 98.95-99.15%). Small batches cost eager
 PyTorch a Python dispatch per operation and jaxcnn one per step: that is the comparison.
 
+The recipe runs jaxcnn with ``JAXCNN_MALLOC_TUNING=0`` (``--malloc-tuning off``): the single
+malloc arena that ``import jaxcnn`` sets up (``jaxcnn.allocator``) keeps batch-128 steps free of
+page faults, but in batch-24 LeNet-5 steps XLA's threads wait on its lock: 9,808-11,323
+against 10,152-12,155 images/s, and 99% in 14.6-15.2 s against 13.1-14.5 s (3 seeds each).
+
     python benchmarks/time_to_accuracy.py [--seeds 5] [--model lenet5] [--batch 24]
-        [--lr 2e-3] [--epochs 2] [--evals-per-epoch 4] [--no-torch]
+        [--lr 2e-3] [--epochs 2] [--evals-per-epoch 4] [--malloc-tuning off|on] [--no-torch]
 """
 from __future__ import annotations
 
@@ -187,10 +192,16 @@ def make_schedule(args, total: int):
 SAME_MALLOC = "PyTorch same malloc"
 
 
-def same_malloc_env() -> dict:
-    from jaxcnn.allocator import ENVIRONMENT
+def side_env(name: str, malloc_tuning: str) -> dict | None:
+    """The environment of one side's runs: jaxcnn with its malloc tuning on or off, PyTorch
+    as it is or (``--torch-same-malloc``) with the settings jaxcnn would apply."""
+    if name == "jaxcnn":
+        return dict(os.environ, JAXCNN_MALLOC_TUNING="1" if malloc_tuning == "on" else "0")
+    if name == SAME_MALLOC:
+        from jaxcnn.allocator import ENVIRONMENT
 
-    return dict(os.environ, **ENVIRONMENT)
+        return dict(os.environ, **ENVIRONMENT)
+    return None
 
 
 def run_one(cmd: list[str], env=None) -> dict:
@@ -263,6 +274,8 @@ def main(argv=None) -> None:
     parser.add_argument("--nonfinite", default="stop", choices=("stop", "skip", "ignore"),
                         help="jaxcnn train_step's non-finite guard")
     parser.add_argument("--torch-python", default=None)
+    parser.add_argument("--malloc-tuning", default="off", choices=("off", "on"),
+                        help="jaxcnn's glibc malloc settings (jaxcnn.allocator) in its runs")
     parser.add_argument("--torch-same-malloc", action="store_true",
                         help="also time PyTorch with the glibc malloc settings that jaxcnn "
                              "applies to its own process (jaxcnn.allocator)")
@@ -279,7 +292,8 @@ def main(argv=None) -> None:
     print(f"recipe: {args.model}, batch {args.batch}, Adam, {args.schedule} schedule peaking at "
           f"lr {args.lr} over {args.epochs} epochs, test evaluation every "
           f"1/{args.evals_per_epoch} epoch, target {args.target:.1%} on the 10,000 test images; "
-          f"jaxcnn loop: {args.loop}, nonfinite={args.nonfinite!r}; "
+          f"jaxcnn loop: {args.loop}, nonfinite={args.nonfinite!r}, malloc tuning "
+          f"{args.malloc_tuning}; "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
     torch_py = args.torch_python or os.environ.get("JAXCNN_TORCH_PYTHON") or str(
         DEFAULT_TORCH_PYTHON)
@@ -299,7 +313,7 @@ def main(argv=None) -> None:
     runs = {name: [] for name in sides}
     for seed in range(args.seeds):
         for name, cmd in sides.items():
-            result = run_one(cmd(seed), env=same_malloc_env() if name == SAME_MALLOC else None)
+            result = run_one(cmd(seed), env=side_env(name, args.malloc_tuning))
             runs[name].append(result)
             trail = ", ".join(f"{e:.2f}:{a:.4f}" for e, a, _ in result["evals"])
             got = (f"{result['reached']:.1f} s" if result["reached"] is not None
