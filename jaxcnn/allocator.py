@@ -20,8 +20,9 @@ The cost: the process's resident size stays at its peak instead of shrinking bet
 The arena limit only binds threads that have not allocated yet, so it must run before JAX
 starts its thread pools (its first computation): importing ``jaxcnn`` first does that.
 
-It does nothing where the C library is not glibc, where the user chose malloc settings
-(any ``MALLOC_*`` variable, or ``glibc.malloc`` tunables in ``GLIBC_TUNABLES``), or with
+It does nothing where the C library is not glibc, where ``LD_PRELOAD`` brings another
+allocator (jemalloc, tcmalloc, mimalloc), where the user chose malloc settings (any
+``MALLOC_*`` variable, or ``glibc.malloc`` tunables in ``GLIBC_TUNABLES``), or with
 ``JAXCNN_MALLOC_TUNING=0``. :func:`malloc_tuning` says what was done and why.
 """
 from __future__ import annotations
@@ -53,6 +54,10 @@ def _reason_to_skip() -> str | None:
         libc_version = ""
     if not libc_version.startswith("glibc"):
         return "not applied (the C library is not glibc)"
+    preload = os.environ.get("LD_PRELOAD", "")
+    for other in ("jemalloc", "tcmalloc", "mimalloc"):
+        if other in preload:
+            return f"not applied ({other} replaces glibc's malloc through LD_PRELOAD)"
     chosen = sorted(name for name in os.environ if name.startswith("MALLOC_"))
     if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         chosen.append("GLIBC_TUNABLES")

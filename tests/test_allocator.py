@@ -40,7 +40,8 @@ print(faults[0])
 
 def clean_env(**extra):
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MALLOC_") and k not in ("JAXCNN_MALLOC_TUNING", "GLIBC_TUNABLES")}
+           if not k.startswith("MALLOC_")
+           and k not in ("JAXCNN_MALLOC_TUNING", "GLIBC_TUNABLES", "LD_PRELOAD")}
     env.update(extra)
     return env
 
@@ -67,6 +68,14 @@ def test_user_choices_stand():
     assert run(STATUS, MALLOC_ARENA_MAX="4") == (
         "not applied (the environment sets MALLOC_ARENA_MAX; those settings stand)")
     assert "GLIBC_TUNABLES" in run(STATUS, GLIBC_TUNABLES="glibc.malloc.arena_max=2")
+
+
+@glibc
+def test_another_preloaded_allocator_is_left_alone():
+    """The check reads LD_PRELOAD only; naming a library that does not exist makes the loader
+    warn on stderr and go on, so the interpreter still runs."""
+    assert run(STATUS, LD_PRELOAD="/nonexistent/libjemalloc.so.2") == (
+        "not applied (jemalloc replaces glibc's malloc through LD_PRELOAD)")
 
 
 @glibc
