@@ -11,12 +11,16 @@ at 406-433 images/s; with the settings below, 0 faults and 631-633 images/s. ``m
 
 :func:`tune_malloc` (run by ``import jaxcnn``) therefore sets, with ``mallopt``:
 
-* ``M_ARENA_MAX=1``: one arena for all threads, so no per-thread heap trims;
+* ``M_ARENA_MAX=1``: one arena for all threads. glibc's per-thread arenas map blocks larger
+  than their heaps afresh whatever ``M_MMAP_MAX`` says (resnet20 with 2 arenas: 36,874
+  faults per step; with 4 or the default: 73,749);
 * ``M_MMAP_MAX=0``: large blocks come from the heap, not from fresh mappings;
 * ``M_TRIM_THRESHOLD=2 GiB - 1``: freed memory stays with the process for reuse (up to 2 GiB
   of free heap top; beyond that it is returned).
 
-The cost: the process's resident size stays at its peak instead of shrinking between steps.
+The costs: the process's resident size stays at its peak instead of shrinking between
+steps, and the one arena's lock makes XLA's threads wait in small steps (LeNet-5 at batch
+24: 9,808-11,323 against 10,152-12,155 images/s), where ``JAXCNN_MALLOC_TUNING=0`` is faster.
 The arena limit only binds threads that have not allocated yet, so it must run before JAX
 starts its thread pools (its first computation): importing ``jaxcnn`` first does that.
 
