@@ -4,6 +4,8 @@ PyTorch side's 3.11): only the standard library and NumPy.
 - :func:`load_mnist`: the original MNIST IDX files (gzipped or not) as uint8 arrays.
 - :func:`serve`: the worker protocol of ``throughput.py``: one JSON request a line on stdin
   (``setup``, ``run``, ``quit``), one JSON reply a line on stdout.
+- :data:`SAME_MALLOC`, :func:`same_malloc_env`: the PyTorch side run with jaxcnn's glibc
+  malloc settings (``--torch-same-malloc``).
 """
 from __future__ import annotations
 
@@ -14,6 +16,17 @@ import sys
 from typing import Callable
 
 import numpy as np
+
+
+SAME_MALLOC = "PyTorch same malloc"
+
+
+def same_malloc_env() -> dict:
+    """This process's environment plus the ``MALLOC_*`` variables equal to the settings
+    ``import jaxcnn`` applies (:data:`jaxcnn.allocator.ENVIRONMENT`)."""
+    from jaxcnn.allocator import ENVIRONMENT
+
+    return dict(os.environ, **ENVIRONMENT)
 
 
 def read_idx(path: str) -> np.ndarray:

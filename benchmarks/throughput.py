@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 
-from _common import serve
+from _common import SAME_MALLOC, same_malloc_env, serve
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TORCH_SIDE = pathlib.Path(__file__).resolve().parent / "_torch_side.py"
@@ -284,7 +284,6 @@ def report(rows, peak: float) -> None:
 
 
 VARIANTS: dict[str, str] = {}
-SAME_MALLOC = "PyTorch same malloc"
 
 
 def main(argv=None) -> None:
@@ -320,8 +319,6 @@ def main(argv=None) -> None:
 
     print(f"load average (1, 5, 15 min) at start: {load()}", flush=True)
     import jaxcnn  # first: its malloc settings must precede JAX's threads (jaxcnn.allocator)
-    from jaxcnn.allocator import ENVIRONMENT
-
     import jax
 
     gpu = jax.default_backend() == "gpu"
@@ -350,10 +347,10 @@ def main(argv=None) -> None:
             print(f"PyTorch worker: {python} {TORCH_SIDE.name} serve, "
                   f"torch.set_num_threads({args.threads})")
             if args.torch_same_malloc:
-                workers[SAME_MALLOC] = Worker([python, str(TORCH_SIDE), "serve"],
-                                              env=dict(os.environ, **ENVIRONMENT))
+                env = same_malloc_env()
+                workers[SAME_MALLOC] = Worker([python, str(TORCH_SIDE), "serve"], env=env)
                 print(f"{SAME_MALLOC!r} worker: the same, with " + " ".join(
-                    f"{k}={v}" for k, v in ENVIRONMENT.items()))
+                    f"{k}={v}" for k, v in env.items() if k.startswith("MALLOC_")))
         else:
             print(f"no PyTorch interpreter at {python}; pass --torch-python or set "
                   "$JAXCNN_TORCH_PYTHON (jaxcnn only)")

@@ -51,7 +51,7 @@ import subprocess
 import sys
 import time
 
-from _common import load_mnist
+from _common import SAME_MALLOC, load_mnist, same_malloc_env
 
 START = time.perf_counter()
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -189,19 +189,12 @@ def make_schedule(args, total: int):
 # --- the parent ---------------------------------------------------------------------------------
 
 
-SAME_MALLOC = "PyTorch same malloc"
-
-
 def side_env(name: str, malloc_tuning: str) -> dict | None:
     """The environment of one side's runs: jaxcnn with its malloc tuning on or off, PyTorch
     as it is or (``--torch-same-malloc``) with the settings jaxcnn would apply."""
     if name == "jaxcnn":
         return dict(os.environ, JAXCNN_MALLOC_TUNING="1" if malloc_tuning == "on" else "0")
-    if name == SAME_MALLOC:
-        from jaxcnn.allocator import ENVIRONMENT
-
-        return dict(os.environ, **ENVIRONMENT)
-    return None
+    return same_malloc_env() if name == SAME_MALLOC else None
 
 
 def run_one(cmd: list[str], env=None) -> dict:

@@ -37,12 +37,13 @@ import sys
 
 # mallopt parameter numbers from glibc's <malloc.h>.
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-SETTINGS = {"M_ARENA_MAX": (M_ARENA_MAX, 1), "M_MMAP_MAX": (M_MMAP_MAX, 0),
-            "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, 2**31 - 1)}
+# name: (mallopt parameter, value, the variable glibc reads for it at process start)
+SETTINGS = {"M_ARENA_MAX": (M_ARENA_MAX, 1, "MALLOC_ARENA_MAX"),
+            "M_MMAP_MAX": (M_MMAP_MAX, 0, "MALLOC_MMAP_MAX_"),
+            "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, 2**31 - 1, "MALLOC_TRIM_THRESHOLD_")}
 # The same settings as environment variables, for a process that does not import jaxcnn
-# (the PyTorch side of benchmarks/throughput.py, with --torch-same-malloc).
-ENVIRONMENT = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
-               "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+# (the PyTorch side of the benchmarks, with --torch-same-malloc).
+ENVIRONMENT = {variable: str(value) for _, value, variable in SETTINGS.values()}
 
 _status: str | None = None
 
@@ -80,12 +81,12 @@ def tune_malloc() -> str:
         _status = reason
         return _status
     libc = ctypes.CDLL(None)
-    failed = [name for name, (param, value) in SETTINGS.items()
+    failed = [name for name, (param, value, _) in SETTINGS.items()
               if libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) != 1]
     if failed:
         _status = f"partly applied (mallopt refused {', '.join(failed)})"
     else:
-        _status = "applied (" + ", ".join(f"{k}={v}" for k, (_, v) in SETTINGS.items()) + ")"
+        _status = "applied (" + ", ".join(f"{k}={v}" for k, (_, v, _) in SETTINGS.items()) + ")"
     return _status
 
 
