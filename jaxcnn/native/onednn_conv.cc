@@ -93,6 +93,14 @@ dnnl::convolution_forward::primitive_desc forward_desc(const Geometry& g) {
           g.pad_before(), g.pad_after(), user_scratchpad()};
 }
 
+// The input-gradient or kernel-gradient descriptor (Desc), hinted by the forward pass.
+template <typename Desc>
+Desc backward_desc(const Geometry& g) {
+  return {cpu_engine(), dnnl::algorithm::convolution_direct, g.image(),
+          g.kernel(memory::format_tag::any), g.output(), g.strides(), g.pad_before(),
+          g.pad_after(), forward_desc(g), user_scratchpad()};
+}
+
 // A primitive, the kernel layout it was created for and the scratch memory it needs.
 struct Prepared {
   dnnl::primitive primitive;
@@ -235,10 +243,7 @@ ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
   Geometry g = geometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, pads);
   return locked([&] {
     const Prepared& p = prepared(g.key('x'), [&] {
-      dnnl::convolution_backward_data::primitive_desc desc(
-          cpu_engine(), dnnl::algorithm::convolution_direct, g.image(),
-          g.kernel(memory::format_tag::any), g.output(), g.strides(), g.pad_before(),
-          g.pad_after(), forward_desc(g), user_scratchpad());
+      auto desc = backward_desc<dnnl::convolution_backward_data::primitive_desc>(g);
       return prepare<dnnl::convolution_backward_data>(desc, desc.weights_desc());
     });
     run_with_kernel(p, *s, g, DNNL_ARG_DIFF_DST, g.output(), dy.typed_data(), w.typed_data(),
@@ -253,10 +258,7 @@ ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   Geometry g = geometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, pads);
   return locked([&] {
     const Prepared& p = prepared(g.key('w'), [&] {
-      dnnl::convolution_backward_weights::primitive_desc desc(
-          cpu_engine(), dnnl::algorithm::convolution_direct, g.image(),
-          g.kernel(memory::format_tag::any), g.output(), g.strides(), g.pad_before(),
-          g.pad_after(), forward_desc(g), user_scratchpad());
+      auto desc = backward_desc<dnnl::convolution_backward_weights::primitive_desc>(g);
       return prepare<dnnl::convolution_backward_weights>(desc, desc.diff_weights_desc());
     });
     memory::desc plain_desc = g.kernel(memory::format_tag::hwio);
