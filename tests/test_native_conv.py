@@ -101,7 +101,7 @@ def test_cpu_convolutions_with_enough_work_call_onednn_unless_told_not_to(monkey
     # resnet20's first stage at batch 16: 16*32*32*9*16*16 = 37.7M multiply-adds
     x, w = jnp.ones((16, 32, 32, 16)), jnp.ones((3, 3, 16, 16))
     text = hlo(jax.grad(loss, (0, 1)), x, w)
-    for target in build.TARGETS:
+    for target in (name for name in build.TARGETS if name.startswith("jaxcnn_conv")):
         assert f'custom_call_target="{target}"' in text
     with without_native_convolution():
         assert "jaxcnn_conv" not in hlo(jax.grad(loss, (0, 1)), x, w)
@@ -128,7 +128,7 @@ def test_a_missing_compiler_is_named_and_leaves_no_partial_library(tmp_path, mon
     with pytest.raises(build.BuildError, match="no C\\+\\+ compiler 'no-such-compiler-xyz'"):
         build.build_library()
     monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
-    with pytest.raises(build.BuildError, match="compiling onednn_conv.cc failed"):
+    with pytest.raises(build.BuildError, match="compiling onednn_conv.cc, onednn_matmul.cc failed"):
         build.build_library()
     assert [p for p in pathlib.Path(tmp_path).rglob("*") if p.is_file()] == []
 

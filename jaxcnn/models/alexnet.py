@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 
 from jaxcnn.models.conv import Conv
+from jaxcnn.models.dense import Dense
 from jaxcnn.models.layers import (adaptive_avg_pool, check_input, local_response_norm,
                                   min_input_size, nchw_rows_to_nhwc, torch_default_bias_init,
                                   torch_default_kernel_init)
@@ -121,14 +122,14 @@ class AlexNet(nn.Module):
         for index in range(2):
             if not self.dropout_after:
                 x = nn.Dropout(DROPOUT, deterministic=not train)(x)
-            x = nn.Dense(HIDDEN, kernel_init=self.kernel_init,
+            x = Dense(HIDDEN, kernel_init=self.kernel_init,
                          bias_init=self._bias_init(self.dense_bias, x.shape[-1]),
                          name=f"fc{index + 1}")(x)
             x = nn.relu(x)
             if self.dropout_after:
                 x = nn.Dropout(DROPOUT, deterministic=not train)(x)
         head_bias = self._bias_init(None if self.dense_bias is None else 0.0, x.shape[-1])
-        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, bias_init=head_bias,
+        return Dense(self.num_classes, kernel_init=self.kernel_init, bias_init=head_bias,
                         name="head")(x)
 
 

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcnn.models.dense import Dense
 from jaxcnn.models.layers import check_input
 from jaxcnn.models.registry import register
 from jaxcnn.models.resnet import (
@@ -69,7 +70,7 @@ class CifarResNet(nn.Module):
         x = residual_stages(x, STAGE_WIDTHS, sizes, BasicBlock, self.shortcut,
                             self.kernel_init, train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, kernel_init=TORCH_LINEAR_INIT, name="fc")(x)
+        return Dense(self.num_classes, kernel_init=TORCH_LINEAR_INIT, name="fc")(x)
 
 
 CIFAR_BUILDERS = {}

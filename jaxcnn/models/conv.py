@@ -87,11 +87,11 @@ def plain_lax_layers() -> Iterator[None]:
 
 @contextlib.contextmanager
 def without_native_convolution() -> Iterator[None]:
-    """Within it, convolutions traced on the CPU use XLA's own (routed as without oneDNN),
-    never the oneDNN FFI call. For programs XLA partitions over several devices (``jit``
-    with shardings): XLA cannot split a custom call, so it would gather the whole batch onto
-    every device and compute it there. ``jaxcnn.train.DataParallel`` enters it for you;
-    ``pmap`` and ``shard_map`` bodies, which run per device, do not need it."""
+    """Within it, convolutions and dense layers traced on the CPU use XLA's own (routed as
+    without oneDNN), never a oneDNN FFI call. For programs XLA partitions over several
+    devices (``jit`` with shardings): XLA cannot split a custom call, so it would gather the
+    whole batch onto every device and compute it there. ``jaxcnn.train.DataParallel`` enters
+    it for you; ``pmap`` and ``shard_map`` bodies, which run per device, do not need it."""
     token = _NATIVE_ALLOWED.set(False)
     try:
         yield
@@ -237,6 +237,14 @@ def _one_cpu_device() -> bool:
     return jax.default_backend() == "cpu" and len(jax.local_devices(backend="cpu")) == 1
 
 
+def onednn_allowed() -> bool:
+    """Whether a layer traced now may call the oneDNN bridge (:mod:`jaxcnn.native`): not
+    within :func:`plain_lax_layers` or :func:`without_native_convolution`, on a one-device
+    CPU backend, with the library built and loaded."""
+    return (not _XLA_ONLY.get() and _NATIVE_ALLOWED.get() and _one_cpu_device()
+            and native_status().available)
+
+
 def _pads(padding, x_shape, w_shape, strides):
     if isinstance(padding, str):
         return tuple(lax.padtype_to_pads(x_shape[1:3], w_shape[:2], strides, padding))
@@ -260,8 +268,7 @@ def _cpu_route(lhs, rhs, dims, strides, pads, dilations, groups, extra) -> str:
     out_h = (lhs.shape[1] + sum(pads[0]) - kh) // strides[0] + 1
     out_w = (lhs.shape[2] + sum(pads[1]) - kw) // strides[1] + 1
     per_image = kh * kw * c * out_h * out_w
-    if per_image * o * lhs.shape[0] >= MIN_ONEDNN_MACS and _NATIVE_ALLOWED.get() \
-            and _one_cpu_device() and native_status().available:
+    if per_image * o * lhs.shape[0] >= MIN_ONEDNN_MACS and onednn_allowed():
         return "onednn"
     if kh > lhs.shape[1] or kw > lhs.shape[2]:
         return "im2col" if per_image * lhs.shape[0] <= MAX_BATCH_PATCH_ELEMENTS else "lax"

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.models.conv import Conv
+from jaxcnn.models.dense import Dense
 from jaxcnn.models.layers import (check_input, min_input_size, torch_batch_norm,
                                   torch_default_kernel_init)
 from jaxcnn.models.registry import register
@@ -135,7 +136,7 @@ class DenseNet(nn.Module):
                                name=f"transition{index + 1}")(x, train)
         x = nn.relu(torch_batch_norm(train, name="norm5")(x))
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, kernel_init=self.dense_init,
+        return Dense(self.num_classes, kernel_init=self.dense_init,
                         bias_init=nn.initializers.zeros, name="head")(x)
 
 

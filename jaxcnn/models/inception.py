@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.errors import JaxCNNError
+from jaxcnn.models.dense import Dense
 from jaxcnn.models.layers import (
     adaptive_avg_pool, check_input, torch_max_pool, torch_pool_output_size,
 )
@@ -148,9 +149,9 @@ class InceptionAux(nn.Module):
             x = nn.avg_pool(x, (window, window), strides=(stride, stride))
         x = ConvBN(AUX_FEATURES, 1, kernel_init=self.kernel_init, name="conv")(x, train)
         x = x.reshape((x.shape[0], -1))  # (h, w, c) order; the converter permutes torch's (c, h, w)
-        x = nn.relu(nn.Dense(AUX_HIDDEN, kernel_init=self.kernel_init, name="fc1")(x))
+        x = nn.relu(Dense(AUX_HIDDEN, kernel_init=self.kernel_init, name="fc1")(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="fc2")(x)
+        return Dense(self.num_classes, kernel_init=self.kernel_init, name="fc2")(x)
 
 
 class GoogLeNet(nn.Module):
@@ -224,7 +225,7 @@ class GoogLeNet(nn.Module):
                     name=AUX_AFTER[name])(x, train)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="fc")(x)
+        logits = Dense(self.num_classes, kernel_init=self.kernel_init, name="fc")(x)
         if self.aux_logits and train:
             return GoogLeNetOutputs(logits, aux["aux1"], aux["aux2"])
         return logits

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.models.conv import NHWC, Conv, conv_general_dilated, plain_lax_active
+from jaxcnn.models.dense import Dense
 from jaxcnn.models.layers import check_input, max_pool
 from jaxcnn.models.registry import register
 
@@ -57,8 +58,8 @@ class LeNet5(nn.Module):
             x = max_pool(x, 2)
         x = x.reshape((x.shape[0], -1))
         for index, width in enumerate(DENSE_LAYERS):
-            x = nn.relu(nn.Dense(width, kernel_init=self.kernel_init, name=f"fc{index + 1}")(x))
-        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="head")(x)
+            x = nn.relu(Dense(width, kernel_init=self.kernel_init, name=f"fc{index + 1}")(x))
+        return Dense(self.num_classes, kernel_init=self.kernel_init, name="head")(x)
 
 
 register(
@@ -212,9 +213,9 @@ class LeNet5_1998(nn.Module):
             elif kind == "partial_conv":
                 x = PartialConv(C3_TABLE, kernel, kernel_init=init, name=name)(x)
             else:
-                x = nn.Dense(features, kernel_init=init, name=name)(x.reshape((x.shape[0], -1)))
+                x = Dense(features, kernel_init=init, name=name)(x.reshape((x.shape[0], -1)))
             x = scaled_tanh(x)
-        return nn.Dense(self.num_classes, kernel_init=init, name="head")(x)
+        return Dense(self.num_classes, kernel_init=init, name="head")(x)
 
 
 register(

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.models.conv import Conv
+from jaxcnn.models.dense import Dense
 from jaxcnn.models.layers import check_input, min_input_size, torch_batch_norm
 from jaxcnn.models.registry import register
 from jaxcnn.models.torch_convert import register_converter
@@ -134,7 +135,7 @@ class MobileNetV2(nn.Module):
         x = ConvBN(last, kernel_init=self.kernel_init, name="last")(x, train)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, kernel_init=self.dense_init, name="head")(x)
+        return Dense(self.num_classes, kernel_init=self.dense_init, name="head")(x)
 
 
 MobileNetV2_100 = functools.partial(MobileNetV2, width_mult=1.0)

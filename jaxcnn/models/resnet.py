@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.models.conv import Conv
+from jaxcnn.models.dense import Dense
 from jaxcnn.models.layers import check_input, torch_batch_norm, torch_max_pool
 from jaxcnn.models.registry import register
 from jaxcnn.models.torch_convert import TorchWeights, register_converter
@@ -176,7 +177,7 @@ class ResNet(nn.Module):
         x = residual_stages(x, STAGE_WIDTHS, self.stage_sizes, self.block, self.shortcut,
                             self.kernel_init, train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, kernel_init=TORCH_LINEAR_INIT, name="fc")(x)
+        return Dense(self.num_classes, kernel_init=TORCH_LINEAR_INIT, name="fc")(x)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=STAGE_SIZES[18], block=BasicBlock)

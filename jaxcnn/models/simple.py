@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 
 from jaxcnn.models.conv import Conv
+from jaxcnn.models.dense import Dense
 from jaxcnn.models.layers import check_input, max_pool, min_input_size
 from jaxcnn.models.registry import register
 
@@ -75,12 +76,12 @@ class SequentialNet(nn.Module):
             elif kind == "dense":
                 denses += 1
                 x = x.reshape((x.shape[0], -1))
-                x = nn.relu(nn.Dense(args[0], kernel_init=self.kernel_init,
+                x = nn.relu(Dense(args[0], kernel_init=self.kernel_init,
                                      name=f"fc{denses}")(x))
             else:
                 raise ValueError(f"unknown layer kind {kind!r} in {self.model_name}")
         x = x.reshape((x.shape[0], -1))
-        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="head")(x)
+        return Dense(self.num_classes, kernel_init=self.kernel_init, name="head")(x)
 
 
 MLP = functools.partial(SequentialNet, layers=MLP_LAYERS, model_name="mlp")

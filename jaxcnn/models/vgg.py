@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 
 from jaxcnn.models.conv import Conv
+from jaxcnn.models.dense import Dense
 from jaxcnn.models.layers import (adaptive_avg_pool, check_input, max_pool, min_input_size,
                                   nchw_rows_to_nhwc, torch_batch_norm)
 from jaxcnn.models.registry import register
@@ -83,10 +84,10 @@ class VGG(nn.Module):
             x = adaptive_avg_pool(x, POOLED)
         x = x.reshape((x.shape[0], -1))
         for index in (1, 2):
-            x = nn.Dense(HIDDEN, kernel_init=self.dense_init, name=f"fc{index}")(x)
+            x = Dense(HIDDEN, kernel_init=self.dense_init, name=f"fc{index}")(x)
             x = nn.relu(x)
             x = nn.Dropout(DROPOUT, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, kernel_init=self.dense_init, name="head")(x)
+        return Dense(self.num_classes, kernel_init=self.dense_init, name="head")(x)
 
 
 # name: (configuration, batch norm, parameters for 1000 classes, torchvision top-1)

@@ -1,6 +1,7 @@
-"""Builds and loads jaxcnn's oneDNN convolution (``onednn_conv.cc``) for XLA's CPU backend.
+"""Builds and loads jaxcnn's oneDNN bridge for XLA's CPU backend: convolutions
+(``onednn_conv.cc``) and dense-layer matmuls (``onednn_matmul.cc``), one library.
 
-The C++ source is compiled on first use with the system's C++ compiler (``$CXX``, else
+The C++ sources are compiled on first use with the system's C++ compiler (``$CXX``, else
 ``g++``) against XLA's FFI headers (shipped in jaxlib) and oneDNN (the ``onednn-cpu-gomp`` and
 ``onednn-devel-cpu-gomp`` wheels, dependencies of jaxcnn on x86-64 Linux, or
 ``$JAXCNN_ONEDNN_ROOT``). The library is cached under ``$XDG_CACHE_HOME/jaxcnn/native``
@@ -29,13 +30,17 @@ import warnings
 import jax
 import jaxlib
 
-SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
+HERE = pathlib.Path(__file__).parent
+SOURCES = (HERE / "onednn_conv.cc", HERE / "onednn_matmul.cc")
+# Read by both sources; part of the build key.
+HEADERS = (HERE / "onednn_bridge.h",)
 ENV_SWITCH = "JAXCNN_NATIVE_CONV"
 ENV_ROOT = "JAXCNN_ONEDNN_ROOT"
 # FFI target names registered with XLA, and the C symbols that implement them.
 TARGETS = {"jaxcnn_conv_forward": "JaxcnnConvForward",
            "jaxcnn_conv_input_gradient": "JaxcnnConvInputGradient",
-           "jaxcnn_conv_kernel_gradient": "JaxcnnConvKernelGradient"}
+           "jaxcnn_conv_kernel_gradient": "JaxcnnConvKernelGradient",
+           "jaxcnn_matmul": "JaxcnnMatMul"}
 INSTALL_HINT = ("pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0 "
                 "(or set $JAXCNN_ONEDNN_ROOT to a oneDNN 3 install with include/ and lib/)")
 
@@ -76,12 +81,14 @@ def _compiler() -> list[str]:
 
 def _command(root: pathlib.Path, output: pathlib.Path) -> list[str]:
     return [*_compiler(), "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w",
-            f"-I{jax.ffi.include_dir()}", f"-I{root / 'include'}", str(SOURCE),
+            f"-I{jax.ffi.include_dir()}", f"-I{root / 'include'}", *map(str, SOURCES),
             f"-L{root / 'lib'}", "-ldnnl", f"-Wl,-rpath,{root / 'lib'}", "-o", str(output)]
 
 
 def _build_key(root: pathlib.Path) -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256()
+    for path in (*SOURCES, *HEADERS):
+        digest.update(path.read_bytes())
     digest.update((root / "include/oneapi/dnnl/dnnl_version.h").read_bytes())
     digest.update(" ".join(_command(root, pathlib.Path("out"))).encode())
     digest.update(jaxlib.__version__.encode())
@@ -92,7 +99,7 @@ def build_library() -> pathlib.Path:
     """The compiled library, built now if the cache does not hold it; raises
     :class:`BuildError` with the compiler's message when it cannot be built."""
     root = find_onednn()
-    target = _cache_root() / _build_key(root) / "libjaxcnn_onednn_conv.so"
+    target = _cache_root() / _build_key(root) / "libjaxcnn_onednn.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +109,8 @@ def build_library() -> pathlib.Path:
         done = subprocess.run(_command(root, pathlib.Path(scratch)), capture_output=True,
                               text=True, timeout=600)
         if done.returncode != 0:
-            raise BuildError(f"compiling {SOURCE.name} failed:\n{done.stderr[-2000:]}")
+            names = ", ".join(path.name for path in SOURCES)
+            raise BuildError(f"compiling {names} failed:\n{done.stderr[-2000:]}")
         os.replace(scratch, target)
     finally:
         if os.path.exists(scratch):
@@ -128,14 +136,14 @@ def native_status() -> NativeStatus:
     if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "off", "false", "no"):
         return NativeStatus(False, f"turned off by ${ENV_SWITCH}")
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return NativeStatus(False, f"oneDNN convolution is built for x86-64 Linux only, "
+        return NativeStatus(False, f"the oneDNN bridge is built for x86-64 Linux only, "
                                    f"not {sys.platform}/{platform.machine()}")
     try:
         library = build_library()
         _register(library)
     except (BuildError, OSError, subprocess.TimeoutExpired) as err:
-        warnings.warn(f"jaxcnn: oneDNN convolution unavailable, so CPU convolutions use "
-                      f"XLA's, which train slower (README, Performance): {err}",
+        warnings.warn(f"jaxcnn: oneDNN bridge unavailable, so CPU convolutions and dense "
+                      f"layers use XLA's, which train slower (README, Performance): {err}",
                       RuntimeWarning, stacklevel=2)
         return NativeStatus(False, str(err))
-    return NativeStatus(True, f"oneDNN convolution from {library}", library)
+    return NativeStatus(True, f"oneDNN convolutions and matmuls from {library}", library)

@@ -7,35 +7,19 @@
 // and cached. Leading dimensions in front of NHWC/HWIO come from jax.vmap (method
 // "expand_dims"): an operand whose leading size is 1 is shared by every slice.
 //
-// Built and loaded by jaxcnn/native/build.py; the Python side is jaxcnn/native/conv.py.
+// Built with onednn_matmul.cc into one library by jaxcnn/native/build.py (what the two share
+// is in onednn_bridge.h); the Python side is jaxcnn/native/conv.py.
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <new>
-#include <exception>
-#include <memory>
-#include <mutex>
 #include <string>
-#include <unordered_map>
 
-#include <omp.h>
-#include <pmmintrin.h>
-#include <xmmintrin.h>
-
-#include "oneapi/dnnl/dnnl.hpp"
-#include "xla/ffi/api/ffi.h"
+#include "onednn_bridge.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-using dnnl::memory;
-using Dims = ffi::Span<const int64_t>;
-
-dnnl::engine& cpu_engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
+using namespace jaxcnn_onednn;
 
 // One convolution's sizes, read from the trailing four dimensions of its operands.
 struct Geometry {
@@ -60,31 +44,10 @@ struct Geometry {
 
 Dims last4(Dims d) { return Dims(d.begin() + (d.size() - 4), 4); }
 
-int64_t leading(Dims d) {
-  int64_t count = 1;
-  for (size_t i = 0; i + 4 < d.size(); ++i) count *= d[i];
-  return count;
-}
-
-int64_t trailing_size(Dims d) {
-  int64_t count = 1;
-  for (size_t i = d.size() - 4; i < d.size(); ++i) count *= d[i];
-  return count;
-}
-
 Geometry geometry(Dims x, Dims w, Dims y, Dims strides, Dims pads) {
   x = last4(x), w = last4(w), y = last4(y);
   return Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2],
                   strides[0], strides[1], pads[0], pads[1], pads[2], pads[3]};
-}
-
-// Primitives take their scratch memory from us (scratch()), not from oneDNN's own shared
-// scratchpad, which is tied to the thread that created the primitive; XLA calls us from any
-// of its threads.
-dnnl::primitive_attr user_scratchpad() {
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  return attr;
 }
 
 dnnl::convolution_forward::primitive_desc forward_desc(const Geometry& g) {
@@ -99,100 +62,6 @@ Desc backward_desc(const Geometry& g) {
   return {cpu_engine(), dnnl::algorithm::convolution_direct, g.image(),
           g.kernel(memory::format_tag::any), g.output(), g.strides(), g.pad_before(),
           g.pad_after(), forward_desc(g), user_scratchpad()};
-}
-
-// A primitive, the kernel layout it was created for and the scratch memory it needs.
-struct Prepared {
-  dnnl::primitive primitive;
-  memory::desc kernel;
-  memory::desc scratchpad;
-};
-
-template <typename Primitive, typename Desc>
-Prepared prepare(const Desc& desc, const memory::desc& kernel) {
-  return Prepared{Primitive(desc), kernel, desc.scratchpad_desc()};
-}
-
-// One scratch buffer for all primitives, grown to the largest need (callers hold
-// onednn_mutex, so only one primitive uses it at a time).
-memory scratch(const Prepared& p) {
-  static std::unique_ptr<void, void (*)(void*)> buffer(nullptr, std::free);
-  static size_t capacity = 0;
-  size_t needed = p.scratchpad.get_size();
-  if (needed > capacity) {
-    size_t rounded = (needed + 4095) / 4096 * 4096;
-    buffer.reset(std::aligned_alloc(4096, rounded));
-    if (!buffer) throw std::bad_alloc();
-    capacity = rounded;
-  }
-  return memory(p.scratchpad, cpu_engine(), buffer.get());
-}
-
-// One oneDNN call at a time. XLA runs independent thunks on different threads at once; two
-// convolutions together would each start a team of OpenMP threads on the same cores, whose
-// spinning barriers then compete (before this lock and the user scratchpad above, with
-// oneDNN's shared scratchpad used from several threads, an OpenMP thread of a ResNet-50 run
-// spun in a oneDNN barrier for minutes). Each call uses every core anyway.
-std::mutex& onednn_mutex() {
-  static std::mutex mutex;
-  return mutex;
-}
-
-// The cached primitive for `key` (made by `make` the first time); callers hold onednn_mutex.
-template <typename Make>
-const Prepared& prepared(const std::string& key, Make make) {
-  static std::unordered_map<std::string, std::unique_ptr<Prepared>> cache;
-  auto& slot = cache[key];
-  if (!slot) slot = std::make_unique<Prepared>(make());
-  return *slot;
-}
-
-// The slices that jax.vmap stacked in front: how many, and each operand's step between them
-// (0 for an operand shared by all).
-struct Slices {
-  int64_t count;
-  int64_t step[3];
-};
-
-ffi::ErrorOr<Slices> slices(Dims a, Dims b, Dims out) {
-  int64_t count = leading(out);
-  Slices s{count, {0, 0, trailing_size(out)}};
-  Dims operands[2] = {a, b};
-  for (int i = 0; i < 2; ++i) {
-    int64_t n = leading(operands[i]);
-    if (n != 1 && n != count) return ffi::Error::InvalidArgument("mismatched vmapped operands");
-    s.step[i] = n == 1 ? 0 : trailing_size(operands[i]);
-  }
-  return s;
-}
-
-// Sets flush-to-zero and denormals-are-zero on the OpenMP threads oneDNN will use, as XLA:CPU
-// sets them on its own threads (the one that calls us included), so that oneDNN's workers
-// treat denormals as the rest of the program does and never take the slow path for them.
-// Each calling thread keeps its own pool of OpenMP workers for the process's life, so once
-// per calling thread is enough, and a call costs no parallel region beyond oneDNN's own.
-void flush_denormals() {
-  thread_local bool flushed = false;
-  if (flushed) return;
-#pragma omp parallel
-  {
-    _MM_SET_FLUSH_ZERO_MODE(_MM_FLUSH_ZERO_ON);
-    _MM_SET_DENORMALS_ZERO_MODE(_MM_DENORMALS_ZERO_ON);
-  }
-  flushed = true;
-}
-
-// Runs `body` holding onednn_mutex, turning oneDNN's exceptions into FFI errors.
-template <typename Body>
-ffi::Error locked(Body body) {
-  std::lock_guard<std::mutex> lock(onednn_mutex());
-  flush_denormals();
-  try {
-    body();
-  } catch (const std::exception& err) {
-    return ffi::Error::Internal(std::string("oneDNN convolution: ") + err.what());
-  }
-  return ffi::Error::Success();
 }
 
 memory in_layout(dnnl::stream& stream, const memory::desc& plain_desc,
@@ -223,10 +92,10 @@ void run_with_kernel(const Prepared& p, const Slices& s, const Geometry& g,
 
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::ResultBuffer<ffi::F32> y, Dims strides, Dims pads) {
-  auto s = slices(x.dimensions(), w.dimensions(), y->dimensions());
+  auto s = slices(x.dimensions(), w.dimensions(), y->dimensions(), 4);
   if (s.has_error()) return s.error();
   Geometry g = geometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, pads);
-  return locked([&] {
+  return locked("convolution", [&] {
     const Prepared& p = prepared(g.key('f'), [&] {
       auto desc = forward_desc(g);
       return prepare<dnnl::convolution_forward>(desc, desc.weights_desc());
@@ -238,10 +107,10 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
 
 ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                          ffi::ResultBuffer<ffi::F32> dx, Dims strides, Dims pads) {
-  auto s = slices(dy.dimensions(), w.dimensions(), dx->dimensions());
+  auto s = slices(dy.dimensions(), w.dimensions(), dx->dimensions(), 4);
   if (s.has_error()) return s.error();
   Geometry g = geometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, pads);
-  return locked([&] {
+  return locked("convolution", [&] {
     const Prepared& p = prepared(g.key('x'), [&] {
       auto desc = backward_desc<dnnl::convolution_backward_data::primitive_desc>(g);
       return prepare<dnnl::convolution_backward_data>(desc, desc.weights_desc());
@@ -253,10 +122,10 @@ ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
 
 ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                           ffi::ResultBuffer<ffi::F32> dw, Dims strides, Dims pads) {
-  auto s = slices(x.dimensions(), dy.dimensions(), dw->dimensions());
+  auto s = slices(x.dimensions(), dy.dimensions(), dw->dimensions(), 4);
   if (s.has_error()) return s.error();
   Geometry g = geometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, pads);
-  return locked([&] {
+  return locked("convolution", [&] {
     const Prepared& p = prepared(g.key('w'), [&] {
       auto desc = backward_desc<dnnl::convolution_backward_weights::primitive_desc>(g);
       return prepare<dnnl::convolution_backward_weights>(desc, desc.diff_weights_desc());

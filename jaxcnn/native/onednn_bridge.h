@@ -1,0 +1,155 @@
+// What jaxcnn's oneDNN calls from XLA share: the engine, the primitive cache, one scratch
+// buffer, one lock, the denormal mode of oneDNN's threads, and the slices jax.vmap stacks in
+// front of the operands. onednn_conv.cc (convolutions) and onednn_matmul.cc (dense layers)
+// are compiled into one library, so these inline functions and their statics exist once.
+#ifndef JAXCNN_ONEDNN_BRIDGE_H_
+#define JAXCNN_ONEDNN_BRIDGE_H_
+
+#include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <unordered_map>
+
+#include <omp.h>
+#include <pmmintrin.h>
+#include <xmmintrin.h>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace jaxcnn_onednn {
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using Dims = ffi::Span<const int64_t>;
+
+inline dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// The product of the dimensions in front of the trailing `rank` ones (the vmapped slices).
+inline int64_t leading(Dims d, size_t rank) {
+  int64_t count = 1;
+  for (size_t i = 0; i + rank < d.size(); ++i) count *= d[i];
+  return count;
+}
+
+// The number of elements in the trailing `rank` dimensions (one slice).
+inline int64_t trailing_size(Dims d, size_t rank) {
+  int64_t count = 1;
+  for (size_t i = d.size() - rank; i < d.size(); ++i) count *= d[i];
+  return count;
+}
+
+// Primitives take their scratch memory from us (scratch()), not from oneDNN's own shared
+// scratchpad, which is tied to the thread that created the primitive; XLA calls us from any
+// of its threads.
+inline dnnl::primitive_attr user_scratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// A primitive, the weights layout it was created for and the scratch memory it needs.
+struct Prepared {
+  dnnl::primitive primitive;
+  memory::desc kernel;
+  memory::desc scratchpad;
+};
+
+template <typename Primitive, typename Desc>
+Prepared prepare(const Desc& desc, const memory::desc& kernel) {
+  return Prepared{Primitive(desc), kernel, desc.scratchpad_desc()};
+}
+
+// One scratch buffer for all primitives, grown to the largest need (callers hold
+// onednn_mutex, so only one primitive uses it at a time).
+inline memory scratch(const Prepared& p) {
+  static std::unique_ptr<void, void (*)(void*)> buffer(nullptr, std::free);
+  static size_t capacity = 0;
+  size_t needed = p.scratchpad.get_size();
+  if (needed > capacity) {
+    size_t rounded = (needed + 4095) / 4096 * 4096;
+    buffer.reset(std::aligned_alloc(4096, rounded));
+    if (!buffer) throw std::bad_alloc();
+    capacity = rounded;
+  }
+  return memory(p.scratchpad, cpu_engine(), buffer.get());
+}
+
+// One oneDNN call at a time. XLA runs independent thunks on different threads at once; two
+// calls together would each start a team of OpenMP threads on the same cores, whose
+// spinning barriers then compete (before this lock and the user scratchpad above, with
+// oneDNN's shared scratchpad used from several threads, an OpenMP thread of a ResNet-50 run
+// spun in a oneDNN barrier for minutes). Each call uses every core anyway.
+inline std::mutex& onednn_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
+// The cached primitive for `key` (made by `make` the first time); callers hold onednn_mutex.
+template <typename Make>
+const Prepared& prepared(const std::string& key, Make make) {
+  static std::unordered_map<std::string, std::unique_ptr<Prepared>> cache;
+  auto& slot = cache[key];
+  if (!slot) slot = std::make_unique<Prepared>(make());
+  return *slot;
+}
+
+// The slices that jax.vmap stacked in front of operands of `rank` dimensions: how many, and
+// each operand's step between them (0 for an operand shared by all).
+struct Slices {
+  int64_t count;
+  int64_t step[3];
+};
+
+inline ffi::ErrorOr<Slices> slices(Dims a, Dims b, Dims out, size_t rank) {
+  int64_t count = leading(out, rank);
+  Slices s{count, {0, 0, trailing_size(out, rank)}};
+  Dims operands[2] = {a, b};
+  for (int i = 0; i < 2; ++i) {
+    int64_t n = leading(operands[i], rank);
+    if (n != 1 && n != count) return ffi::Error::InvalidArgument("mismatched vmapped operands");
+    s.step[i] = n == 1 ? 0 : trailing_size(operands[i], rank);
+  }
+  return s;
+}
+
+// Sets flush-to-zero and denormals-are-zero on the OpenMP threads oneDNN will use, as XLA:CPU
+// sets them on its own threads (the one that calls us included), so that oneDNN's workers
+// treat denormals as the rest of the program does and never take the slow path for them.
+// Each calling thread keeps its own pool of OpenMP workers for the process's life, so once
+// per calling thread is enough, and a call costs no parallel region beyond oneDNN's own.
+inline void flush_denormals() {
+  thread_local bool flushed = false;
+  if (flushed) return;
+#pragma omp parallel
+  {
+    _MM_SET_FLUSH_ZERO_MODE(_MM_FLUSH_ZERO_ON);
+    _MM_SET_DENORMALS_ZERO_MODE(_MM_DENORMALS_ZERO_ON);
+  }
+  flushed = true;
+}
+
+// Runs `body` holding onednn_mutex, turning oneDNN's exceptions into FFI errors that name
+// `what` failed.
+template <typename Body>
+ffi::Error locked(const char* what, Body body) {
+  std::lock_guard<std::mutex> lock(onednn_mutex());
+  flush_denormals();
+  try {
+    body();
+  } catch (const std::exception& err) {
+    return ffi::Error::Internal(std::string("oneDNN ") + what + ": " + err.what());
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace jaxcnn_onednn
+
+#endif  // JAXCNN_ONEDNN_BRIDGE_H_
