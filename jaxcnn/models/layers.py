@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.errors import InputShapeError
+from jaxcnn.models.batch_norm import BatchNorm
 from jaxcnn.models.conv import plain_lax_active
 
 
@@ -178,10 +179,11 @@ def batch_norm_axis(axis_name: str | None):
         _BATCH_NORM_AXIS.reset(token)
 
 
-def torch_batch_norm(train: bool, name: str | None = None, epsilon: float = 1e-5) -> nn.BatchNorm:
+def torch_batch_norm(train: bool, name: str | None = None, epsilon: float = 1e-5) -> BatchNorm:
     """BatchNorm with PyTorch's defaults: eps 1e-5, momentum 0.1 (Flax's 0.9); batch
-    statistics in training, running ones in eval; synchronised over :func:`batch_norm_axis`."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon, name=name,
+    statistics in training, running ones in eval; synchronised over :func:`batch_norm_axis`.
+    The zoo's :class:`~jaxcnn.models.batch_norm.BatchNorm`: oneDNN's on the CPU in training."""
+    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon, name=name,
                         axis_name=_BATCH_NORM_AXIS.get() if train else None)
 
 

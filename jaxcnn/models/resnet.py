@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcnn.models.batch_norm import BatchNorm
 from jaxcnn.models.conv import Conv
 from jaxcnn.models.dense import Dense
 from jaxcnn.models.layers import check_input, torch_batch_norm, torch_max_pool
@@ -51,7 +52,7 @@ def conv(features: int, kernel: int, stride: int, kernel_init: Callable[..., Any
                 use_bias=False, kernel_init=kernel_init, name=name)
 
 
-def batch_norm(train: bool, name: str, epsilon: float = BN_EPSILON) -> nn.BatchNorm:
+def batch_norm(train: bool, name: str, epsilon: float = BN_EPSILON) -> BatchNorm:
     """BatchNorm with PyTorch's defaults (see :func:`layers.torch_batch_norm`)."""
     return torch_batch_norm(train, name=name, epsilon=epsilon)
 

@@ -1,5 +1,6 @@
 """Builds and loads jaxcnn's oneDNN bridge for XLA's CPU backend: convolutions
-(``onednn_conv.cc``) and dense-layer matmuls (``onednn_matmul.cc``), one library.
+(``onednn_conv.cc``), dense-layer matmuls (``onednn_matmul.cc``) and batch normalization in
+training (``onednn_batch_norm.cc``), one library.
 
 The C++ sources are compiled on first use with the system's C++ compiler (``$CXX``, else
 ``g++``) against XLA's FFI headers (shipped in jaxlib) and oneDNN (the ``onednn-cpu-gomp`` and
@@ -31,7 +32,7 @@ import jax
 import jaxlib
 
 HERE = pathlib.Path(__file__).parent
-SOURCES = (HERE / "onednn_conv.cc", HERE / "onednn_matmul.cc")
+SOURCES = (HERE / "onednn_conv.cc", HERE / "onednn_matmul.cc", HERE / "onednn_batch_norm.cc")
 # Read by both sources; part of the build key.
 HEADERS = (HERE / "onednn_bridge.h",)
 ENV_SWITCH = "JAXCNN_NATIVE_CONV"
@@ -40,7 +41,9 @@ ENV_ROOT = "JAXCNN_ONEDNN_ROOT"
 TARGETS = {"jaxcnn_conv_forward": "JaxcnnConvForward",
            "jaxcnn_conv_input_gradient": "JaxcnnConvInputGradient",
            "jaxcnn_conv_kernel_gradient": "JaxcnnConvKernelGradient",
-           "jaxcnn_matmul": "JaxcnnMatMul"}
+           "jaxcnn_matmul": "JaxcnnMatMul",
+           "jaxcnn_batch_norm_forward": "JaxcnnBatchNormForward",
+           "jaxcnn_batch_norm_backward": "JaxcnnBatchNormBackward"}
 INSTALL_HINT = ("pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0 "
                 "(or set $JAXCNN_ONEDNN_ROOT to a oneDNN 3 install with include/ and lib/)")
 
@@ -142,8 +145,10 @@ def native_status() -> NativeStatus:
         library = build_library()
         _register(library)
     except (BuildError, OSError, subprocess.TimeoutExpired) as err:
-        warnings.warn(f"jaxcnn: oneDNN bridge unavailable, so CPU convolutions and dense "
-                      f"layers use XLA's, which train slower (README, Performance): {err}",
+        warnings.warn(f"jaxcnn: oneDNN bridge unavailable, so CPU convolutions, dense layers "
+                      f"and BatchNorm use XLA's, which train slower (README, Performance): "
+                      f"{err}",
                       RuntimeWarning, stacklevel=2)
         return NativeStatus(False, str(err))
-    return NativeStatus(True, f"oneDNN convolutions and matmuls from {library}", library)
+    return NativeStatus(True, f"oneDNN convolutions, matmuls and batch normalization from "
+                              f"{library}", library)

@@ -1,7 +1,8 @@
 // What jaxcnn's oneDNN calls from XLA share: the engine, the primitive cache, one scratch
 // buffer, one lock, the denormal mode of oneDNN's threads, and the slices jax.vmap stacks in
-// front of the operands. onednn_conv.cc (convolutions) and onednn_matmul.cc (dense layers)
-// are compiled into one library, so these inline functions and their statics exist once.
+// front of the operands. onednn_conv.cc (convolutions), onednn_matmul.cc (dense layers) and
+// onednn_batch_norm.cc are compiled into one library, so these inline functions and their
+// statics exist once.
 #ifndef JAXCNN_ONEDNN_BRIDGE_H_
 #define JAXCNN_ONEDNN_BRIDGE_H_
 
@@ -108,15 +109,20 @@ struct Slices {
   int64_t step[3];
 };
 
+// The step between slices of an operand of `rank` trailing dimensions when there are
+// `count` slices: its slice size, or 0 when one slice is shared by all; false when its
+// leading size is neither 1 nor `count`.
+inline bool slice_step(Dims d, size_t rank, int64_t count, int64_t* step) {
+  int64_t n = leading(d, rank);
+  *step = n == 1 ? 0 : trailing_size(d, rank);
+  return n == 1 || n == count;
+}
+
 inline ffi::ErrorOr<Slices> slices(Dims a, Dims b, Dims out, size_t rank) {
   int64_t count = leading(out, rank);
   Slices s{count, {0, 0, trailing_size(out, rank)}};
-  Dims operands[2] = {a, b};
-  for (int i = 0; i < 2; ++i) {
-    int64_t n = leading(operands[i], rank);
-    if (n != 1 && n != count) return ffi::Error::InvalidArgument("mismatched vmapped operands");
-    s.step[i] = n == 1 ? 0 : trailing_size(operands[i], rank);
-  }
+  if (!slice_step(a, rank, count, &s.step[0]) || !slice_step(b, rank, count, &s.step[1]))
+    return ffi::Error::InvalidArgument("mismatched vmapped operands");
   return s;
 }
 

@@ -1,0 +1,40 @@
+"""oneDNN's batch normalization in training, forward and backward, as JAX functions on NHWC
+float32 activations with per-channel float32 vectors.
+
+Each is one XLA FFI call into ``onednn_batch_norm.cc`` (loaded by :mod:`jaxcnn.native.build`);
+``jax.vmap`` stacks slices in front (``vmap_method="expand_dims"``), each normalized alone.
+``jaxcnn.models.batch_norm`` makes them a differentiable layer; call them only where
+:func:`jaxcnn.native.native_status` says the library is available.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _check(x, *vectors):
+    if x.ndim != 4 or any(v.shape != x.shape[-1:] for v in vectors):
+        raise ValueError(f"batch normalization takes NHWC activations and one value per "
+                         f"channel; got {x.shape} with {[v.shape for v in vectors]}")
+
+
+def forward(x, scale, shift, epsilon: float):
+    """``(y, mean, variance)``: ``x`` (N, H, W, C) normalized by its batch statistics over
+    N, H and W, times ``scale`` plus ``shift``; the statistics per channel, the variance
+    biased (divided by N*H*W)."""
+    _check(x, scale, shift)
+    channels = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
+    out = (jax.ShapeDtypeStruct(x.shape, jnp.float32), channels, channels)
+    return jax.ffi.ffi_call("jaxcnn_batch_norm_forward", out, vmap_method="expand_dims")(
+        x, scale, shift, epsilon=np.float32(epsilon))
+
+
+def backward(x, dy, mean, variance, scale, epsilon: float):
+    """``(dx, dscale, dshift)`` of :func:`forward` from its output gradient ``dy``: the input
+    gradient includes the paths through the batch mean and variance."""
+    _check(x, mean, variance, scale)
+    channels = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
+    out = (jax.ShapeDtypeStruct(x.shape, jnp.float32), channels, channels)
+    return jax.ffi.ffi_call("jaxcnn_batch_norm_backward", out, vmap_method="expand_dims")(
+        x, dy, mean, variance, scale, epsilon=np.float32(epsilon))
