@@ -129,7 +129,7 @@ def test_conv_is_flax_conv_with_the_same_parameters():
     np.testing.assert_array_equal(ours["params"]["kernel"], flax["params"]["kernel"])
 
 
-def test_max_pool_by_reshape_is_flax_max_pool_in_values_and_in_gradients_without_ties():
+def test_max_pool_by_slices_is_flax_max_pool_in_values_and_in_gradients_without_ties():
     from jaxcnn.models.layers import max_pool
 
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 9, 7, 3)), jnp.float32)
@@ -141,6 +141,17 @@ def test_max_pool_by_reshape_is_flax_max_pool_in_values_and_in_gradients_without
     # tied maxima share the gradient: a constant 2x2 tile gives each element a quarter
     np.testing.assert_array_equal(jax.grad(lambda t: max_pool(t, 2).sum())(jnp.ones((1, 2, 2, 1))),
                                   jnp.full((1, 2, 2, 1), 0.25))
+    # two tied maxima of four take half each; the rest of the tile none
+    tile = jnp.array([[2.0, 2.0], [1.0, 0.0]]).reshape(1, 2, 2, 1)
+    np.testing.assert_array_equal(jax.jit(jax.grad(lambda t: 3 * max_pool(t, 2).sum()))(tile),
+                                  jnp.array([[1.5, 1.5], [0.0, 0.0]]).reshape(1, 2, 2, 1))
+    # 3x3 windows with a dropped remainder, and under vmap
+    y = jnp.asarray(np.random.default_rng(2).normal(size=(3, 1, 8, 7, 2)), jnp.float32)
+    flax3 = lambda v: nn.max_pool(v, (3, 3), strides=(3, 3))  # noqa: E731
+    np.testing.assert_array_equal(jax.vmap(lambda v: max_pool(v, 3))(y), jax.vmap(flax3)(y))
+    ours3 = lambda v: max_pool(v, 3)  # noqa: E731
+    np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(jax.vmap(ours3)(v) ** 2))(y),
+                                  jax.grad(lambda v: jnp.sum(jax.vmap(flax3)(v) ** 2))(y))
 
 
 def test_within_plain_lax_layers_a_model_traces_plain_lax_convolutions():
