@@ -140,3 +140,23 @@ def test_a_resnet_train_step_uses_it_and_keeps_flax_variable_names():
 
     text = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
     assert "jaxcnn_batch_norm_forward" in text and "jaxcnn_batch_norm_backward" in text
+
+
+def test_forward_mode_inside_plain_lax_layers_agrees_with_the_onednn_gradient():
+    from jaxcnn.models import get_model
+    from jaxcnn.models.conv import plain_lax_layers
+    model = get_model("resnet20")
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(8, 32, 32, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), x[:1])
+
+    def f(x):
+        out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(out))
+
+    tangent = jnp.asarray(np.random.default_rng(4).normal(size=x.shape), jnp.float32)
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(f, (x,), (tangent,))  # the oneDNN layers differentiate in reverse mode only
+    with plain_lax_layers():
+        _, forward = jax.jvp(f, (x,), (tangent,))
+    reverse = jnp.vdot(jax.grad(f)(x), tangent)
+    np.testing.assert_allclose(forward, reverse, rtol=1e-4)
