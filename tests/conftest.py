@@ -31,6 +31,20 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def require_native_bridge() -> None:
+    """For the modules that test jaxcnn/native: skips the whole module when the oneDNN bridge
+    cannot be built or loaded here; under CI=true fails instead (it must build there)."""
+    from jaxcnn.native import native_status
+
+    status = native_status()
+    if status.available:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true and the oneDNN bridge is unavailable: {status.reason}",
+                    pytrace=False)
+    pytest.skip(f"no oneDNN bridge: {status.reason}", allow_module_level=True)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     """The folder holding the original MNIST / Fashion-MNIST files (``../shared/data``)."""

@@ -5,8 +5,6 @@ In CI (``CI=true``) the library must build: its absence is a failure there.
 """
 from __future__ import annotations
 
-import os
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,14 +15,10 @@ from jaxcnn.models import batch_norm as bn_module
 from jaxcnn.models.batch_norm import BatchNorm
 from jaxcnn.models.conv import without_native_convolution
 from jaxcnn.native import batch_norm as onednn
-from jaxcnn.native import native_status
 
-STATUS = native_status()
-if not STATUS.available:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and the oneDNN bridge is unavailable: {STATUS.reason}",
-                    pytrace=False)
-    pytest.skip(f"no oneDNN bridge: {STATUS.reason}", allow_module_level=True)
+from conftest import require_native_bridge
+
+require_native_bridge()
 
 EPS = 1e-5
 

@@ -5,8 +5,6 @@ and must not call oneDNN. In CI (``CI=true``) the library must build: its absenc
 """
 from __future__ import annotations
 
-import os
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,16 +14,11 @@ import pytest
 from jaxcnn.models import dense as dense_module
 from jaxcnn.models.conv import plain_lax_layers, without_native_convolution
 from jaxcnn.models.dense import Dense
-from jaxcnn.native import native_status
 from jaxcnn.native.matmul import matmul
 
-STATUS = native_status()
-if not STATUS.available:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and the oneDNN bridge is unavailable: {STATUS.reason}",
-                    pytrace=False)
-    pytest.skip(f"no oneDNN bridge: {STATUS.reason}", allow_module_level=True)
+from conftest import require_native_bridge
 
+require_native_bridge()
 
 def hlo(fn, *args) -> str:
     return jax.jit(fn).lower(*args).compile().as_text()

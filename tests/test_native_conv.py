@@ -6,7 +6,6 @@ build's errors. In CI (``CI=true``) the library must build: its absence is a fai
 """
 from __future__ import annotations
 
-import os
 import pathlib
 
 import jax
@@ -17,15 +16,12 @@ from jax import lax
 
 from jaxcnn.models import conv as conv_module
 from jaxcnn.models.conv import NHWC, conv_general_dilated, without_native_convolution
-from jaxcnn.native import build, native_status
+from jaxcnn.native import build
 from jaxcnn.native import conv as onednn
 
-STATUS = native_status()
-if not STATUS.available:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and the oneDNN convolution is unavailable: {STATUS.reason}",
-                    pytrace=False)
-    pytest.skip(f"no oneDNN convolution: {STATUS.reason}", allow_module_level=True)
+from conftest import require_native_bridge
+
+require_native_bridge()
 
 SAME_1 = ((1, 1), (1, 1))
 

@@ -75,18 +75,14 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, Vector scale, Vector shift,
       return prepare<dnnl::batch_normalization_forward>(desc, desc.weights_desc());
     });
     const memory::desc& channels = p.kernel;
-    for (int64_t i = 0; i < *count; ++i) {
-      dnnl::stream stream(cpu_engine());
-      p.primitive.execute(stream, {
-          {DNNL_ARG_SRC, at(act, x.typed_data(), i * step[0])},
-          {DNNL_ARG_SCALE, at(channels, scale.typed_data(), i * step[1])},
-          {DNNL_ARG_SHIFT, at(channels, shift.typed_data(), i * step[2])},
-          {DNNL_ARG_DST, at(act, y->typed_data(), i * step[3])},
-          {DNNL_ARG_MEAN, at(channels, mean->typed_data(), i * step[4])},
-          {DNNL_ARG_VARIANCE, at(channels, variance->typed_data(), i * step[5])},
-          {DNNL_ARG_SCRATCHPAD, scratch(p)}});
-      stream.wait();
-    }
+    run_slices(p, *count, [&](int64_t i) -> std::unordered_map<int, memory> {
+      return {{DNNL_ARG_SRC, at(act, x.typed_data(), i * step[0])},
+              {DNNL_ARG_SCALE, at(channels, scale.typed_data(), i * step[1])},
+              {DNNL_ARG_SHIFT, at(channels, shift.typed_data(), i * step[2])},
+              {DNNL_ARG_DST, at(act, y->typed_data(), i * step[3])},
+              {DNNL_ARG_MEAN, at(channels, mean->typed_data(), i * step[4])},
+              {DNNL_ARG_VARIANCE, at(channels, variance->typed_data(), i * step[5])}};
+    });
   });
 }
 
@@ -109,20 +105,16 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, Vector me
       return prepare<dnnl::batch_normalization_backward>(desc, desc.weights_desc());
     });
     const memory::desc& channels = p.kernel;
-    for (int64_t i = 0; i < *count; ++i) {
-      dnnl::stream stream(cpu_engine());
-      p.primitive.execute(stream, {
-          {DNNL_ARG_SRC, at(act, x.typed_data(), i * step[0])},
-          {DNNL_ARG_DIFF_DST, at(act, dy.typed_data(), i * step[1])},
-          {DNNL_ARG_MEAN, at(channels, mean.typed_data(), i * step[2])},
-          {DNNL_ARG_VARIANCE, at(channels, variance.typed_data(), i * step[3])},
-          {DNNL_ARG_SCALE, at(channels, scale.typed_data(), i * step[4])},
-          {DNNL_ARG_DIFF_SRC, at(act, dx->typed_data(), i * step[5])},
-          {DNNL_ARG_DIFF_SCALE, at(channels, dscale->typed_data(), i * step[6])},
-          {DNNL_ARG_DIFF_SHIFT, at(channels, dshift->typed_data(), i * step[7])},
-          {DNNL_ARG_SCRATCHPAD, scratch(p)}});
-      stream.wait();
-    }
+    run_slices(p, *count, [&](int64_t i) -> std::unordered_map<int, memory> {
+      return {{DNNL_ARG_SRC, at(act, x.typed_data(), i * step[0])},
+              {DNNL_ARG_DIFF_DST, at(act, dy.typed_data(), i * step[1])},
+              {DNNL_ARG_MEAN, at(channels, mean.typed_data(), i * step[2])},
+              {DNNL_ARG_VARIANCE, at(channels, variance.typed_data(), i * step[3])},
+              {DNNL_ARG_SCALE, at(channels, scale.typed_data(), i * step[4])},
+              {DNNL_ARG_DIFF_SRC, at(act, dx->typed_data(), i * step[5])},
+              {DNNL_ARG_DIFF_SCALE, at(channels, dscale->typed_data(), i * step[6])},
+              {DNNL_ARG_DIFF_SHIFT, at(channels, dshift->typed_data(), i * step[7])}};
+    });
   });
 }
 

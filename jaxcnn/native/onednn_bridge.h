@@ -126,6 +126,18 @@ inline ffi::ErrorOr<Slices> slices(Dims a, Dims b, Dims out, size_t rank) {
   return s;
 }
 
+// Runs `p` once per vmapped slice, slice i with the arguments `args(i)` and the shared scratch.
+template <typename Args>
+void run_slices(const Prepared& p, int64_t count, Args args) {
+  for (int64_t i = 0; i < count; ++i) {
+    dnnl::stream stream(cpu_engine());
+    std::unordered_map<int, memory> slice_args = args(i);
+    slice_args[DNNL_ARG_SCRATCHPAD] = scratch(p);
+    p.primitive.execute(stream, slice_args);
+    stream.wait();
+  }
+}
+
 // Sets flush-to-zero and denormals-are-zero on the OpenMP threads oneDNN will use, as XLA:CPU
 // sets them on its own threads (the one that calls us included), so that oneDNN's workers
 // treat denormals as the rest of the program does and never take the slow path for them.

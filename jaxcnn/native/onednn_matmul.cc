@@ -44,15 +44,11 @@ ffi::Error MatMul(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
       dnnl::matmul::primitive_desc desc(cpu_engine(), a_desc, b_desc, c_desc, user_scratchpad());
       return prepare<dnnl::matmul>(desc, desc.weights_desc());
     });
-    for (int64_t i = 0; i < s->count; ++i) {
-      dnnl::stream stream(cpu_engine());
-      memory lhs(a_desc, cpu_engine(), a.typed_data() + i * s->step[0]);
-      memory rhs(b_desc, cpu_engine(), b.typed_data() + i * s->step[1]);
-      memory out(c_desc, cpu_engine(), c->typed_data() + i * s->step[2]);
-      p.primitive.execute(stream, {{DNNL_ARG_SRC, lhs}, {DNNL_ARG_WEIGHTS, rhs},
-                                   {DNNL_ARG_DST, out}, {DNNL_ARG_SCRATCHPAD, scratch(p)}});
-      stream.wait();
-    }
+    run_slices(p, s->count, [&](int64_t i) -> std::unordered_map<int, memory> {
+      return {{DNNL_ARG_SRC, memory(a_desc, cpu_engine(), a.typed_data() + i * s->step[0])},
+              {DNNL_ARG_WEIGHTS, memory(b_desc, cpu_engine(), b.typed_data() + i * s->step[1])},
+              {DNNL_ARG_DST, memory(c_desc, cpu_engine(), c->typed_data() + i * s->step[2])}};
+    });
   });
 }
 
