@@ -20,6 +20,8 @@ statistics that update the running averages are the biased variance and mean, as
 """
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -36,24 +38,24 @@ from jaxcnn.native import batch_norm as onednn
 MIN_ONEDNN_ELEMENTS = 2 ** 14
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _normalize_onednn(x, scale, bias, epsilon: float):
     """``(y, mean, variance)``, differentiable in ``x``, ``scale`` and ``bias`` through ``y``
     (the statistics are outputs for the running averages; their cotangents are dropped)."""
+    return onednn.forward(x, scale, bias, epsilon)
 
-    @jax.custom_vjp
-    def normalize(x, scale, bias):
-        return onednn.forward(x, scale, bias, epsilon)
 
-    def forward(x, scale, bias):
-        y, mean, variance = onednn.forward(x, scale, bias, epsilon)
-        return (y, mean, variance), (x, mean, variance, scale)
+def _normalize_forward(x, scale, bias, epsilon):
+    y, mean, variance = onednn.forward(x, scale, bias, epsilon)
+    return (y, mean, variance), (x, mean, variance, scale)
 
-    def backward(residuals, cotangents):
-        x, mean, variance, scale = residuals
-        return onednn.backward(x, cotangents[0], mean, variance, scale, epsilon)
 
-    normalize.defvjp(forward, backward)
-    return normalize(x, scale, bias)
+def _normalize_backward(epsilon, residuals, cotangents):
+    x, mean, variance, scale = residuals
+    return onednn.backward(x, cotangents[0], mean, variance, scale, epsilon)
+
+
+_normalize_onednn.defvjp(_normalize_forward, _normalize_backward)
 
 
 class BatchNorm(nn.BatchNorm):
