@@ -244,6 +244,16 @@ def spread(values) -> str:
     return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
 
+def paired_ratio(rates: dict, other: str) -> str:
+    """jaxcnn's images/s over ``other``'s, repetition by repetition (both ran within seconds
+    of each other, so a drift in the machine's speed between repetitions cancels): median
+    (min-max)."""
+    if other not in rates:
+        return "n/a"
+    ratios = [mine / theirs for mine, theirs in zip(rates["jaxcnn"], rates[other])]
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
 def report(rows, peak: float) -> None:
     print("\nSteady-state training throughput, images/s: median (min-max) of the repetitions")
     keys = []
@@ -251,7 +261,8 @@ def report(rows, peak: float) -> None:
         keys += [k for k in row["rates"] if k not in keys and k not in ("PyTorch", SAME_MALLOC)]
     keys += [k for k in ("PyTorch", SAME_MALLOC) if any(k in row["rates"] for row in rows)]
     head = f"{'model':10s} {'input':>9s} {'GFLOP/img':>9s} " + " ".join(
-        f"{k:>21s}" for k in keys) + f" {'jax/torch':>9s} {'same-malloc':>11s} {'guard':>6s}"
+        f"{k:>21s}" for k in keys) + (f" {'jax/torch':>9s} {'paired':>16s} {'same-malloc':>11s}"
+                                     f" {'guard':>6s}")
     print(head)
     print("-" * len(head))
     for row in rows:
@@ -264,8 +275,10 @@ def report(rows, peak: float) -> None:
                  else "n/a")
         shape = "x".join(str(n) for n in row["shape"])
         print(f"{row['model']:10s} {shape:>9s} {row['train_flops'] / 1e9:9.4f} "
-              + " ".join(f"{c:>21s}" for c in cells) + f" {ratio:>9s} {same:>11s} {guard:>6s}")
-    print("\njax/torch: jaxcnn's median images/s over PyTorch's; same-malloc: over PyTorch's "
+              + " ".join(f"{c:>21s}" for c in cells)
+              + f" {ratio:>9s} {paired_ratio(r, 'PyTorch'):>16s} {same:>11s} {guard:>6s}")
+    print("\njax/torch: jaxcnn's median images/s over PyTorch's; paired: the ratio of each "
+          "repetition's\npair, median (min-max); same-malloc: over PyTorch's "
           "with jaxcnn's malloc settings\n(--torch-same-malloc). guard: what the non-finite "
           "guard of train_step costs,\n(no-guard images/s) / (jaxcnn images/s) - 1.")
     for key in keys:
@@ -290,7 +303,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=2.0,
                         help="target length of one timed repetition (at least one step)")
     parser.add_argument("--pause", type=float, default=0.2,
