@@ -84,6 +84,26 @@ def test_training_values_running_averages_and_gradients_match_flax():
         np.testing.assert_allclose(a, b, atol=2e-5 * float(jnp.max(jnp.abs(b))), rtol=0)
 
 
+def test_the_branch_for_other_platforms_matches_flax():
+    # What a BatchNorm traced for the CPU runs if its program executes on another platform.
+    x, _, theirs, variables = _pair((4, 6, 6, 8))
+    params = variables["params"]
+    y, mean, variance = bn_module.normalize_xla(x, params["scale"], params["bias"], EPS)
+    expected, stats = theirs.apply(variables, x, mutable=["batch_stats"])
+    np.testing.assert_allclose(y, expected, atol=2e-5, rtol=0)
+    # Flax's running averages start at mean 0, variance 1 and move by 1 - momentum = 0.1
+    np.testing.assert_allclose(0.1 * mean, stats["batch_stats"]["mean"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(0.9 + 0.1 * variance, stats["batch_stats"]["var"], rtol=1e-5)
+    np.testing.assert_allclose(variance, np.var(np.asarray(x), axis=(0, 1, 2)), rtol=1e-4)
+    g = jnp.asarray(np.random.default_rng(2).normal(size=x.shape), jnp.float32)
+    ours = jax.grad(lambda p, x: jnp.sum(bn_module.normalize_xla(x, p["scale"], p["bias"],
+                                                                 EPS)[0] * g), (0, 1))
+    flax = jax.grad(lambda p, x: jnp.sum(theirs.apply({**variables, "params": p}, x,
+                                                      mutable=["batch_stats"])[0] * g), (0, 1))
+    for a, b in zip(jax.tree.leaves(ours(params, x)), jax.tree.leaves(flax(params, x))):
+        np.testing.assert_allclose(a, b, atol=2e-5 * float(jnp.max(jnp.abs(b))), rtol=0)
+
+
 def test_ghost_batch_norm_by_vmap_normalizes_each_group_alone(monkeypatch):
     monkeypatch.setattr(bn_module, "MIN_ONEDNN_ELEMENTS", 0)
     x, ours, _, variables = _pair((3, 8, 8, 8, 16))  # 3 groups of 8 images

@@ -58,6 +58,16 @@ def _normalize_backward(epsilon, residuals, cotangents):
 _normalize_onednn.defvjp(_normalize_forward, _normalize_backward)
 
 
+def normalize_xla(x, scale, bias, epsilon: float):
+    """``(y, mean, variance)`` of NHWC ``x`` as Flax computes them in training (the variance
+    as E[x^2] - E[x]^2, clipped at 0), in plain JAX: what a :class:`BatchNorm` traced for the
+    CPU runs where the program executes on another platform."""
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    variance = jnp.maximum(jnp.mean(jnp.square(x), axis=(0, 1, 2)) - mean ** 2, 0)
+    y = (x - mean) * lax.rsqrt(variance + epsilon) * scale + bias
+    return y, mean, variance
+
+
 class BatchNorm(nn.BatchNorm):
     """``flax.linen.BatchNorm`` whose CPU training pass is oneDNN's (module docstring)."""
 
@@ -87,16 +97,9 @@ class BatchNorm(nn.BatchNorm):
         scale = self.param("scale", self.scale_init, features, self.param_dtype)
         bias = self.param("bias", self.bias_init, features, self.param_dtype)
 
-        def cpu(x, scale, bias):
-            return _normalize_onednn(x, scale, bias, self.epsilon)
-
-        def default(x, scale, bias):
-            mean = jnp.mean(x, axis=(0, 1, 2))
-            variance = jnp.maximum(jnp.mean(jnp.square(x), axis=(0, 1, 2)) - mean ** 2, 0)
-            y = (x - mean) * lax.rsqrt(variance + self.epsilon) * scale + bias
-            return y, mean, variance
-
-        y, mean, variance = lax.platform_dependent(x, scale, bias, cpu=cpu, default=default)
+        y, mean, variance = lax.platform_dependent(
+            x, scale, bias, cpu=functools.partial(_normalize_onednn, epsilon=self.epsilon),
+            default=functools.partial(normalize_xla, epsilon=self.epsilon))
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * variance
         return y
