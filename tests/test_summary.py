@@ -38,7 +38,8 @@ def test_lenet5_by_hand():
     assert summary.macs == 416_520
     assert summary.trainable_params == 61_706 and summary.non_trainable_params == 0
     rows = {row.path: row for row in summary.rows}
-    assert rows["conv1"].output_shape == (1, 28, 28, 6)
+    # conv1 is conv, ReLU and 2x2 pool in one layer (jaxcnn.models.conv_pool): 28x28 pooled
+    assert (rows["conv1"].module, rows["conv1"].output_shape) == ("ConvReluMaxPool", (1, 14, 14, 6))
     assert (rows["conv1"].params, rows["conv1"].macs) == (156, conv1)
     assert (rows["conv2"].params, rows["conv2"].macs) == (2_416, conv2)
     assert (rows["head"].output_shape, rows["head"].macs) == ((1, 10), head)
@@ -64,7 +65,10 @@ def test_trainable_and_non_trainable():
 
 def test_format_summary():
     text = format_summary(summarize("lenet5"))
-    assert "conv1 (Conv)" in text and "(1, 28, 28, 6)" in text
+    # conv, ReLU and pool are one layer (jaxcnn.models.conv_pool), listed once
+    line = [row for row in text.splitlines() if row.startswith("conv1 (")]
+    assert len(line) == 1 and line[0].split() == ["conv1", "(ConvReluMaxPool)", "(1,", "14,",
+                                                  "14,", "6)", "156", "117,600"]
     assert "Total params: 61,706" in text
     assert "Trainable params: 61,706" in text and "Non-trainable params: 0" in text
     assert "416,520" in text

@@ -83,6 +83,12 @@ def test_lenet5_layers_and_activation_shapes(lenet):
         ("fc2", (84,), False), ("head", (10,), False)]
     maps = viz.activation_maps(model, variables, image)
     assert {k: v.shape for k, v in maps.items()} == {"conv1": (28, 28, 6), "conv2": (10, 10, 16)}
+    # conv1's maps are its convolution's output (before the ReLU and pool of its layer)
+    params = variables["params"]["conv1"]
+    conv = jax.lax.conv_general_dilated(
+        jnp.asarray(image[None] / np.float32(255)), params["kernel"], (1, 1), ((2, 2), (2, 2)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["bias"]
+    np.testing.assert_allclose(maps["conv1"], conv[0], rtol=1e-5, atol=1e-5)
     dense = viz.activation_maps(model, variables, image, layers=["fc1", "head"])
     assert dense["fc1"].shape == (120,)
     logits = model.apply(variables, image[None] / np.float32(255))

@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.models.conv import NHWC, Conv, conv_general_dilated, plain_lax_active
+from jaxcnn.models.conv_pool import ConvReluMaxPool
 from jaxcnn.models.dense import Dense
-from jaxcnn.models.layers import check_input, max_pool
+from jaxcnn.models.layers import check_input
 from jaxcnn.models.registry import register
 
 # (features, kernel) of the two convolutions and the widths of the hidden dense layers.
@@ -52,10 +53,9 @@ class LeNet5(nn.Module):
             pad = max(0, (PAPER_FIELD - min(x.shape[1], x.shape[2])) // 2)
         for index, (features, kernel) in enumerate(CONV_LAYERS):
             padding = pad if index == 0 else 0
-            x = Conv(features, (kernel, kernel), padding=padding,
-                     kernel_init=self.kernel_init, name=f"conv{index + 1}")(x)
-            x = nn.relu(x)
-            x = max_pool(x, 2)
+            # Conv, ReLU and 2x2 max pool (bias, ReLU and pool one CPU kernel each way)
+            x = ConvReluMaxPool(features, (kernel, kernel), padding=padding, window=2,
+                                kernel_init=self.kernel_init, name=f"conv{index + 1}")(x)
         x = x.reshape((x.shape[0], -1))
         for index, width in enumerate(DENSE_LAYERS):
             x = nn.relu(Dense(width, kernel_init=self.kernel_init, name=f"fc{index + 1}")(x))

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 
 from jaxcnn.models.conv import Conv
+from jaxcnn.models.conv_pool import ConvReluMaxPool
 from jaxcnn.models.dense import Dense
 from jaxcnn.models.layers import check_input, max_pool, min_input_size
 from jaxcnn.models.registry import register
@@ -62,15 +63,27 @@ class SequentialNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_input(self.model_name, x, channels=self.in_channels, min_size=self.min_size())
         convs = denses = 0
-        for kind, *args in self.layers:
+        pooled = False
+        for position, (kind, *args) in enumerate(self.layers):
             if kind == "conv":
                 convs += 1
                 features, kernel = args
+                following = self.layers[position + 1:position + 2]
+                # A convolution right before a pool is one layer with its ReLU and the pool
+                # (bias, ReLU and pool one CPU kernel each way); same parameters.
+                pooled = bool(following) and following[0][0] == "pool"
+                if pooled:
+                    x = ConvReluMaxPool(features, (kernel, kernel), padding="VALID",
+                                        window=following[0][1], kernel_init=self.kernel_init,
+                                        name=f"conv{convs}")(x)
+                    continue
                 x = Conv(features, (kernel, kernel), padding="VALID",
                          kernel_init=self.kernel_init, name=f"conv{convs}")(x)
                 x = nn.relu(x)
             elif kind == "pool":
-                x = max_pool(x, args[0])
+                if not pooled:
+                    x = max_pool(x, args[0])
+                pooled = False
             elif kind == "dropout":
                 x = nn.Dropout(args[0], deterministic=not train)(x)
             elif kind == "dense":

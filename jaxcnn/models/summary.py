@@ -103,13 +103,19 @@ def summarize(model_or_name: nn.Module | str, input_shape: tuple[int, ...] | Non
     variables = jax.eval_shape(init, x)
 
     calls: list[list] = []  # [path, module type, output shape], in call (pre-)order
+    running: list[nn.Module] = []  # the modules whose __call__ is in progress
 
     def record(next_fun, args, kwargs, context):
-        if context.method_name != "__call__":
+        # A module's call of its own base class's __call__ (super()) is part of its row.
+        if context.method_name != "__call__" or any(m is context.module for m in running):
             return next_fun(*args, **kwargs)
         entry = ["/".join(context.module.path), type(context.module).__name__, None]
         calls.append(entry)
-        out = next_fun(*args, **kwargs)
+        running.append(context.module)
+        try:
+            out = next_fun(*args, **kwargs)
+        finally:
+            running.pop()
         entry[2] = jax.tree.map(lambda a: tuple(a.shape), out)
         return out
 

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 
 from jaxcnn.models.conv import Conv
+from jaxcnn.models.conv_pool import ConvReluMaxPool
 from jaxcnn.models.dense import Dense
 from jaxcnn.models.layers import (adaptive_avg_pool, check_input, max_pool, min_input_size,
                                   nchw_rows_to_nhwc, torch_batch_norm)
@@ -69,14 +70,22 @@ class VGG(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_input(self.model_name, x, channels=self.in_channels, min_size=self.min_size())
-        index = 0
-        for width in self.config:
+        index, pooled = 0, False
+        for position, width in enumerate(self.config):
             if width == "M":
-                x = max_pool(x, 2)
+                if not pooled:  # else the convolution before it pooled already
+                    x = max_pool(x, 2)
+                pooled = False
                 continue
             index += 1
-            x = Conv(width, (3, 3), padding=1, use_bias=True, kernel_init=self.kernel_init,
+            # Without BatchNorm, a convolution before a pool is one layer with its ReLU and
+            # pool (bias, ReLU and pool one CPU kernel each way); same parameters.
+            pooled = not self.batch_norm and tuple(self.config[position + 1:position + 2]) == ("M",)
+            conv = functools.partial(ConvReluMaxPool, window=2) if pooled else Conv
+            x = conv(width, (3, 3), padding=1, use_bias=True, kernel_init=self.kernel_init,
                      name=f"conv{index}")(x)
+            if pooled:
+                continue
             if self.batch_norm:
                 x = torch_batch_norm(train, name=f"bn{index}")(x)
             x = nn.relu(x)

@@ -1,6 +1,7 @@
 """Builds and loads jaxcnn's oneDNN bridge for XLA's CPU backend: convolutions
-(``onednn_conv.cc``), dense-layer matmuls (``onednn_matmul.cc``) and batch normalization in
-training (``onednn_batch_norm.cc``), one library.
+(``onednn_conv.cc``), dense-layer matmuls (``onednn_matmul.cc``), batch normalization in
+training (``onednn_batch_norm.cc``) and jaxcnn's own bias + ReLU + max-pool kernel
+(``bias_relu_max_pool.cc``), one library.
 
 The C++ sources are compiled on first use with the system's C++ compiler (``$CXX``, else
 ``g++``) against XLA's FFI headers (shipped in jaxlib) and oneDNN (the ``onednn-cpu-gomp`` and
@@ -32,8 +33,9 @@ import jax
 import jaxlib
 
 HERE = pathlib.Path(__file__).parent
-SOURCES = (HERE / "onednn_conv.cc", HERE / "onednn_matmul.cc", HERE / "onednn_batch_norm.cc")
-# Read by both sources; part of the build key.
+SOURCES = (HERE / "onednn_conv.cc", HERE / "onednn_matmul.cc", HERE / "onednn_batch_norm.cc",
+           HERE / "bias_relu_max_pool.cc")
+# Read by every source; part of the build key.
 HEADERS = (HERE / "onednn_bridge.h",)
 ENV_SWITCH = "JAXCNN_NATIVE_CONV"
 ENV_ROOT = "JAXCNN_ONEDNN_ROOT"
@@ -43,7 +45,9 @@ TARGETS = {"jaxcnn_conv_forward": "JaxcnnConvForward",
            "jaxcnn_conv_kernel_gradient": "JaxcnnConvKernelGradient",
            "jaxcnn_matmul": "JaxcnnMatMul",
            "jaxcnn_batch_norm_forward": "JaxcnnBatchNormForward",
-           "jaxcnn_batch_norm_backward": "JaxcnnBatchNormBackward"}
+           "jaxcnn_batch_norm_backward": "JaxcnnBatchNormBackward",
+           "jaxcnn_bias_relu_max_pool_forward": "JaxcnnBiasReluMaxPoolForward",
+           "jaxcnn_bias_relu_max_pool_backward": "JaxcnnBiasReluMaxPoolBackward"}
 INSTALL_HINT = ("pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0 "
                 "(or set $JAXCNN_ONEDNN_ROOT to a oneDNN 3 install with include/ and lib/)")
 
@@ -83,7 +87,7 @@ def _compiler() -> list[str]:
 
 
 def _command(root: pathlib.Path, output: pathlib.Path) -> list[str]:
-    return [*_compiler(), "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w",
+    return [*_compiler(), "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w",
             f"-I{jax.ffi.include_dir()}", f"-I{root / 'include'}", *map(str, SOURCES),
             f"-L{root / 'lib'}", "-ldnnl", f"-Wl,-rpath,{root / 'lib'}", "-o", str(output)]
 
@@ -145,10 +149,9 @@ def native_status() -> NativeStatus:
         library = build_library()
         _register(library)
     except (BuildError, OSError, subprocess.TimeoutExpired) as err:
-        warnings.warn(f"jaxcnn: oneDNN bridge unavailable, so CPU convolutions, dense layers "
-                      f"and BatchNorm use XLA's, which train slower (README, Performance): "
-                      f"{err}",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(f"jaxcnn: oneDNN bridge unavailable, so CPU convolutions, dense layers, "
+                      f"BatchNorm and conv-ReLU-pool epilogues use XLA's, which train slower "
+                      f"(README, Performance): {err}", RuntimeWarning, stacklevel=2)
         return NativeStatus(False, str(err))
-    return NativeStatus(True, f"oneDNN convolutions, matmuls and batch normalization from "
-                              f"{library}", library)
+    return NativeStatus(True, f"oneDNN convolutions, matmuls and batch normalization, and the "
+                              f"bias-ReLU-max-pool kernel, from {library}", library)

@@ -10,7 +10,10 @@ Layers are found by tracing the model once with :func:`flax.linen.intercept_meth
 only, nothing is computed), and their outputs are read with Flax's
 ``capture_intermediates``. A layer is named by its module path, ``"conv1"`` or
 ``"layer1_0/conv1"``; :func:`list_layers` lists the names. A layer's output is what its module
-returns, so ``conv1`` of LeNet-5 is the convolution before its ReLU.
+returns, and where a module's call runs its base class's call first, what that inner call
+returns: ``conv1`` of LeNet-5 (a :class:`jaxcnn.models.conv_pool.ConvReluMaxPool`, whose base
+is the convolution) is the convolution before its ReLU and pool. Both are traced with XLA's
+own layers (:func:`jaxcnn.models.conv.plain_lax_layers`), where that inner call exists.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.errors import InputShapeError, unknown
+from jaxcnn.models.conv import plain_lax_layers
 from jaxcnn.viz._figure import as_model_input, grid_shape, new_figure, save, show_image, wrap
 
 MAX_COLUMNS = 8
@@ -44,7 +48,8 @@ def list_layers(model: nn.Module, variables, image_shape: Sequence[int]) -> list
     """The layers of ``model`` in the order their outputs are produced on a ``image_shape`` input.
 
     A container (a residual block) comes after the layers inside it; a module called twice is
-    listed once. The model's own call (the logits) is not listed.
+    listed once, with the output of its first call to return (the innermost, where a module
+    calls its base class's ``__call__``). The model's own call (the logits) is not listed.
     """
     layers: dict[str, Layer] = {}
 
@@ -60,7 +65,7 @@ def list_layers(model: nn.Module, variables, image_shape: Sequence[int]) -> list
         return out
 
     x = jax.ShapeDtypeStruct((1, *tuple(image_shape)), jnp.float32)
-    with nn.intercept_methods(record):
+    with nn.intercept_methods(record), plain_lax_layers():
         jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
     return list(layers.values())
 
@@ -98,7 +103,8 @@ def activation_maps(model: nn.Module, variables, image, layers: str | Sequence[s
         for name in wanted:
             if name not in names:
                 raise unknown("layer", name, names)
-    _, state = _capture(model, tuple(wanted), variables, jnp.asarray(x))
+    with plain_lax_layers():  # the layers list_layers saw, each call's output kept
+        _, state = _capture(model, tuple(wanted), variables, jnp.asarray(x))
     maps = {}
     for name in wanted:
         node = state["intermediates"]
