@@ -99,13 +99,18 @@ def test_nan_propagates_as_in_xla():
     np.testing.assert_array_equal(y, bias_relu_max_pool_xla(z, bias, 2))
 
 
-def test_vmap_maps_slices():
+def test_vmap_maps_slices_forward_and_backward():
     rng = np.random.default_rng(2)
     z = jnp.asarray(rng.normal(size=(3, 2, 8, 8, 4)), jnp.float32)
     bias = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
+    dy = jnp.asarray(rng.normal(size=(3, 2, 4, 4, 4)), jnp.float32)
     out = jax.vmap(lambda z, b: native.forward(z, b, 2))(z, bias)
+    dz, dbias = jax.vmap(lambda z, b, g: native.backward(z, b, g, 2))(z, bias, dy)
     for i in range(3):
         np.testing.assert_array_equal(out[i], native.forward(z[i], bias[i], 2))
+        expected = native.backward(z[i], bias[i], dy[i], 2)
+        np.testing.assert_array_equal(dz[i], expected[0])
+        np.testing.assert_array_equal(dbias[i], expected[1])
 
 
 def test_bad_input_is_named():
