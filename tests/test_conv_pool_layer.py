@@ -91,12 +91,46 @@ def test_kernel_matches_xla(shape, window):
     assert TARGET in hlo(lambda z, b: bias_relu_max_pool(z, b, window), z, bias)
 
 
+@pytest.mark.parametrize("channels", [2, 16])  # both of the kernel's paths
+def test_ties_are_decided_after_adding_the_bias_as_in_xla(channels):
+    # 1 and 1 + 2^-23 differ, but plus a bias of 1 both round to 2: XLA compares relu(z + b),
+    # so the two share the gradient
+    tile = jnp.array([[1.0, 1.0 + 2.0 ** -23], [0.0, 0.0]])
+    z = jnp.broadcast_to(tile[None, :, :, None], (1, 2, 2, channels))
+    bias = jnp.ones(channels)
+    dy = jnp.ones((1, 1, 1, channels))
+    dz, dbias = native.backward(z, bias, dy, 2)
+    np.testing.assert_array_equal(dz[0, :, :, 0], [[0.5, 0.5], [0.0, 0.0]])
+    np.testing.assert_array_equal(dbias, np.ones(channels))
+    xla = value_and_grads(lambda z, b: bias_relu_max_pool_xla(z, b, 2), z, bias, dy)
+    np.testing.assert_array_equal(dz, xla[1])
+
+
 def test_nan_propagates_as_in_xla():
     z = jnp.zeros((1, 4, 4, 2)).at[0, 1, 1, 0].set(jnp.nan)
     bias = jnp.array([1.0, 1.0])
     y = native.forward(z, bias, 2)
     assert np.isnan(y[0, 0, 0, 0]) and not np.isnan(y[0, 0, 0, 1])
     np.testing.assert_array_equal(y, bias_relu_max_pool_xla(z, bias, 2))
+    dy = jnp.ones_like(y)
+    dz, dbias = native.backward(z, bias, dy, 2)
+    xla = value_and_grads(lambda z, b: bias_relu_max_pool_xla(z, b, 2), z, bias, dy)
+    np.testing.assert_array_equal(dz, xla[1])  # a NaN tile passes no gradient in either
+    np.testing.assert_array_equal(dbias, xla[2])
+
+
+def test_per_example_gradients_under_vmap():
+    rng = np.random.default_rng(4)
+    z = jnp.asarray(rng.normal(size=(3, 2, 8, 8, 4)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=4) * 0.1, jnp.float32)
+
+    def loss(fn):
+        return jax.grad(lambda z, b: jnp.sum(fn(z, b, 2) ** 2), argnums=(0, 1))
+
+    ours = jax.jit(jax.vmap(loss(bias_relu_max_pool), in_axes=(0, None)))(z, bias)
+    theirs = jax.vmap(loss(bias_relu_max_pool_xla), in_axes=(0, None))(z, bias)
+    np.testing.assert_array_equal(ours[0], theirs[0])
+    np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-5, atol=1e-6)
 
 
 def test_vmap_maps_slices_forward_and_backward():
@@ -162,6 +196,20 @@ def test_layer_has_conv_parameters_values_and_gradients():
     assert TARGET in hlo(lambda v: Fused().apply(v, x), variables)
     no_bias = Fused(use_bias=False).init(jax.random.key(0), x)
     assert list(no_bias["params"]["conv"]) == ["kernel"]
+    expected = max_pool(nn.relu(Conv(8, (3, 3), padding=1, use_bias=False).apply(
+        {"params": no_bias["params"]["conv"]}, x)), 2)
+    np.testing.assert_array_equal(Fused(use_bias=False).apply(no_bias, x), expected)
+
+
+@pytest.mark.parametrize("name,shape", [("lenet5", (28, 28, 1)), ("keras_cnn", (28, 28, 1)),
+                                        ("vgg11", (32, 32, 3))])
+def test_zoo_models_use_it_at_batch_128(name, shape):
+    from jaxcnn.models import get_model
+    model = get_model(name)
+    x = jax.ShapeDtypeStruct((128, *shape), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))
+    text = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, x).as_text()
+    assert "jaxcnn_bias_relu_max_pool_forward" in text
 
 
 def test_kernel_stays_out_where_it_must():

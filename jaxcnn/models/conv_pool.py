@@ -7,11 +7,17 @@ scope, so checkpoints and converted weights are unaffected), followed by
 ``max_pool(relu(y), window)``.
 
 On the CPU with jaxcnn's native library, the bias, ReLU and pool after a float32 convolution
-run as one kernel each way (:mod:`jaxcnn.native.pool`) instead of XLA:CPU's five loop fusions
-and a bias reduction: LeNet-5's first stage at batch 128, forward and backward, 1.1 -> 0.4
-ms; whole LeNet-5 train steps 1.09-1.18x faster (alternating in one process). The values are
-XLA's bit for bit and z's gradient too; the bias gradient is summed in another order (relative
-differences of about 1e-7).
+large enough for oneDNN (:data:`jaxcnn.models.conv.MIN_ONEDNN_MACS`) run as one kernel each
+way (:mod:`jaxcnn.native.pool`) instead of XLA:CPU's five loop fusions and a bias reduction:
+LeNet-5's first stage at batch 128, forward and backward, about 1.2 -> 0.6 ms
+(``benchmarks/conv_pool.py``); whole LeNet-5 train steps 1.04-1.12x faster (alternating in
+one process). The values and z's gradient are XLA's bit for bit; the bias gradient is summed
+in another order (relative differences of about 1e-7).
+
+Where the kernel runs, the convolution inside the layer is a child ``Conv`` without bias that
+shares the layer's scope, so Flax's ``capture_intermediates`` sees its output without the
+bias; elsewhere (and within :func:`jaxcnn.models.conv.plain_lax_layers`, as
+``jaxcnn.viz`` traces) the layer calls ``Conv``'s own ``__call__``, whose output includes it.
 """
 from __future__ import annotations
 
@@ -56,6 +62,8 @@ _bias_relu_max_pool_native.defvjp(_native_forward, _native_backward)
 def bias_relu_max_pool(z: jax.Array, bias: jax.Array, window: int) -> jax.Array:
     """``max_pool(relu(z + bias), window)`` of NHWC ``z`` (``bias`` one value per channel):
     jaxcnn's native kernel on the CPU for float32, XLA's expression otherwise."""
+    if z.ndim != 4:
+        return bias_relu_max_pool_xla(z, bias, window)  # max_pool names the problem
     h, w = z.shape[1:3]
     if h // window < 1 or w // window < 1:
         raise ValueError(f"a {window}x{window} pool has no output on a {h}x{w} input")
