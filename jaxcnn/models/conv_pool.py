@@ -9,8 +9,8 @@ scope, so checkpoints and converted weights are unaffected), followed by
 On the CPU with jaxcnn's native library, the bias, ReLU and pool after a float32 convolution
 large enough for oneDNN (:data:`jaxcnn.models.conv.MIN_ONEDNN_MACS`) run as one kernel each
 way (:mod:`jaxcnn.native.pool`) instead of XLA:CPU's five loop fusions and a bias reduction:
-LeNet-5's first stage at batch 128, forward and backward, about 1.2 -> 0.6 ms
-(``benchmarks/conv_pool.py``); whole LeNet-5 train steps 1.04-1.12x faster (alternating in
+LeNet-5's first stage at batch 128, forward and backward, about 1.2 -> 0.6-0.9 ms
+(``benchmarks/conv_pool.py``); whole LeNet-5 train steps 1.02-1.12x faster (alternating in
 one process). The values and z's gradient are XLA's bit for bit; the bias gradient is summed
 in another order (relative differences of about 1e-7).
 
