@@ -100,9 +100,9 @@ class ConvReluMaxPool(nn.Conv):
             bias = bias.astype(self.dtype)
         taps = math.prod(np.atleast_1d(self.kernel_size)) * inputs.shape[-1]
         macs = z.size * taps // self.feature_group_count
-        if z.ndim != 4 or z.dtype != bias.dtype or macs < MIN_ONEDNN_MACS:
+        if z.dtype != bias.dtype or macs < MIN_ONEDNN_MACS:
             # Where the convolution is too small for oneDNN, XLA runs it and the layers around
             # it on several threads at once, and the kernel's lock and OpenMP team cost more
             # than they save (LeNet-5 at batch 24: 0.93-0.97x in whole steps).
-            return max_pool(nn.relu(z + bias), self.window)
+            return bias_relu_max_pool_xla(z, bias, self.window)
         return bias_relu_max_pool(z, bias, self.window)
