@@ -17,6 +17,14 @@ when :func:`uses_onednn` holds: float32 NHWC activations of at least
 with the bridge built (:func:`jaxcnn.models.conv.onednn_allowed`). Otherwise, and always for
 evaluation with running averages and at initialization, Flax's own code runs. The batch
 statistics that update the running averages are the biased variance and mean, as Flax's.
+
+``bn(x, residual=r, relu=True)`` is ``relu(bn(x) + r)`` (``r`` optional), the tail of every
+residual block (He et al. 2016) and of conv -> BN -> ReLU stages. Where oneDNN's path would
+run, it is instead one call each way into jaxcnn's own kernel (``batch_norm_relu.cc``):
+statistics, normalization, residual and ReLU forward, and the masked gradient, the three
+BatchNorm gradients and the residual's backward, where XLA:CPU would run separate loop
+fusions around oneDNN's calls. resnet20's layers alone, forward and backward: 1.3-2.25x
+faster; whole resnet20 steps at batch 128 1.08x (alternating in one process).
 """
 from __future__ import annotations
 
@@ -58,6 +66,46 @@ def _normalize_backward(epsilon, residuals, cotangents):
 _normalize_onednn.defvjp(_normalize_forward, _normalize_backward)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _normalize_relu_native(x, scale, bias, epsilon: float):
+    """``(relu(bn(x)), mean, variance)`` by jaxcnn's kernel, differentiable like
+    :func:`_normalize_onednn`."""
+    return onednn.relu_forward(x, scale, bias, epsilon)
+
+
+def _normalize_relu_forward(x, scale, bias, epsilon):
+    y, mean, variance = onednn.relu_forward(x, scale, bias, epsilon)
+    return (y, mean, variance), (x, y, mean, variance, scale)
+
+
+def _normalize_relu_backward(epsilon, residuals, cotangents):
+    x, y, mean, variance, scale = residuals
+    return onednn.relu_backward(x, y, cotangents[0], mean, variance, scale, epsilon, False)
+
+
+_normalize_relu_native.defvjp(_normalize_relu_forward, _normalize_relu_backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _normalize_add_relu_native(x, scale, bias, residual, epsilon: float):
+    """``(relu(bn(x) + residual), mean, variance)`` by jaxcnn's kernel, differentiable in
+    ``x``, ``scale``, ``bias`` and ``residual``."""
+    return onednn.relu_forward(x, scale, bias, epsilon, residual)
+
+
+def _normalize_add_relu_forward(x, scale, bias, residual, epsilon):
+    y, mean, variance = onednn.relu_forward(x, scale, bias, epsilon, residual)
+    return (y, mean, variance), (x, y, mean, variance, scale)
+
+
+def _normalize_add_relu_backward(epsilon, residuals, cotangents):
+    x, y, mean, variance, scale = residuals
+    return onednn.relu_backward(x, y, cotangents[0], mean, variance, scale, epsilon, True)
+
+
+_normalize_add_relu_native.defvjp(_normalize_add_relu_forward, _normalize_add_relu_backward)
+
+
 def normalize_xla(x, scale, bias, epsilon: float):
     """``(y, mean, variance)`` of NHWC ``x`` as Flax computes them in training (the variance
     as E[x^2] - E[x]^2, clipped at 0), in plain JAX: what a :class:`BatchNorm` traced for the
@@ -66,6 +114,17 @@ def normalize_xla(x, scale, bias, epsilon: float):
     variance = jnp.maximum(jnp.mean(jnp.square(x), axis=(0, 1, 2)) - mean ** 2, 0)
     y = (x - mean) * lax.rsqrt(variance + epsilon) * scale + bias
     return y, mean, variance
+
+
+def _epilogue(y, residual, relu: bool):
+    """``y + residual`` (none where ``residual`` is ``None``), then ReLU where ``relu``."""
+    y = y if residual is None else y + residual
+    return nn.relu(y) if relu else y
+
+
+def _normalize_relu_xla(x, scale, bias, *residual, epsilon: float):
+    y, mean, variance = normalize_xla(x, scale, bias, epsilon)
+    return _epilogue(y, residual[0] if residual else None, True), mean, variance
 
 
 class BatchNorm(nn.BatchNorm):
@@ -84,11 +143,20 @@ class BatchNorm(nn.BatchNorm):
         return x.size >= MIN_ONEDNN_ELEMENTS and onednn_allowed()
 
     @nn.compact
-    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None,
+                 residual=None, relu: bool = False):
+        """Normalizes ``x``; then adds ``residual`` (an array of ``x``'s shape, or ``None``)
+        and applies ReLU where ``relu``: ``relu(bn(x) + residual)``, the tail of a residual
+        block. Where oneDNN's path is taken and ``relu`` is set, that tail runs in jaxcnn's
+        own kernel with the normalization (``jaxcnn/native/batch_norm_relu.cc``)."""
         running = nn.merge_param("use_running_average", self.use_running_average,
                                  use_running_average)
+        if residual is not None and jnp.shape(residual) != x.shape:
+            raise ValueError(f"BatchNorm's residual must have the input's shape {x.shape}; "
+                             f"got {jnp.shape(residual)}")
         if not self.uses_onednn(x, running, mask):
-            return super().__call__(x, use_running_average, mask=mask)
+            return _epilogue(super().__call__(x, use_running_average, mask=mask), residual,
+                             relu)
         features = (x.shape[-1],)
         ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32),
                                 features)
@@ -97,9 +165,19 @@ class BatchNorm(nn.BatchNorm):
         scale = self.param("scale", self.scale_init, features, self.param_dtype)
         bias = self.param("bias", self.bias_init, features, self.param_dtype)
 
-        y, mean, variance = lax.platform_dependent(
-            x, scale, bias, cpu=functools.partial(_normalize_onednn, epsilon=self.epsilon),
-            default=functools.partial(normalize_xla, epsilon=self.epsilon))
+        fused = relu and (residual is None or residual.dtype == jnp.float32)
+        if fused:
+            extra = () if residual is None else (residual,)
+            native = _normalize_relu_native if residual is None else _normalize_add_relu_native
+            y, mean, variance = lax.platform_dependent(
+                x, scale, bias, *extra,
+                cpu=lambda *args: native(*args, self.epsilon),
+                default=functools.partial(_normalize_relu_xla, epsilon=self.epsilon))
+        else:
+            y, mean, variance = lax.platform_dependent(
+                x, scale, bias, cpu=functools.partial(_normalize_onednn, epsilon=self.epsilon),
+                default=functools.partial(normalize_xla, epsilon=self.epsilon))
+            y = _epilogue(y, residual, relu)
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * variance
         return y

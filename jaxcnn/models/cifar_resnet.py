@@ -66,7 +66,7 @@ class CifarResNet(nn.Module):
         check_input(model_name(self.shortcut, BasicBlock, sizes, stem_layers=2), x,
                     channels=None, min_size=1)
         x = conv(STEM_FEATURES, 3, 1, self.kernel_init, name="conv1")(x)
-        x = nn.relu(batch_norm(train, name="bn1")(x))
+        x = batch_norm(train, name="bn1")(x, relu=True)
         x = residual_stages(x, STAGE_WIDTHS, sizes, BasicBlock, self.shortcut,
                             self.kernel_init, train)
         x = jnp.mean(x, axis=(1, 2))

@@ -49,10 +49,10 @@ class DenseLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = nn.relu(torch_batch_norm(train, name="norm1")(x))
+        x = torch_batch_norm(train, name="norm1")(x, relu=True)
         x = Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False,
                  kernel_init=self.kernel_init, name="conv1")(x)
-        x = nn.relu(torch_batch_norm(train, name="norm2")(x))
+        x = torch_batch_norm(train, name="norm2")(x, relu=True)
         return Conv(self.growth_rate, (3, 3), padding=1, use_bias=False,
                     kernel_init=self.kernel_init, name="conv2")(x)
 
@@ -82,7 +82,7 @@ class Transition(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = nn.relu(torch_batch_norm(train, name="norm")(x))
+        x = torch_batch_norm(train, name="norm")(x, relu=True)
         x = Conv(self.features, (1, 1), use_bias=False, kernel_init=self.kernel_init,
                  name="conv")(x)
         window = TRANSITION_POOL[:1] * 2
@@ -125,7 +125,7 @@ class DenseNet(nn.Module):
         (kernel, stride, pad), (pool, pool_stride, pool_pad) = STEM
         x = Conv(self.stem_width, (kernel, kernel), (stride, stride), padding=pad,
                  use_bias=False, kernel_init=self.kernel_init, name="conv0")(x)
-        x = nn.relu(torch_batch_norm(train, name="norm0")(x))
+        x = torch_batch_norm(train, name="norm0")(x, relu=True)
         x = nn.max_pool(x, (pool, pool), strides=(pool_stride, pool_stride),
                         padding=((pool_pad, pool_pad), (pool_pad, pool_pad)))
         for index, num_layers in enumerate(self.block_config):
@@ -134,7 +134,7 @@ class DenseNet(nn.Module):
             if index + 1 < len(self.block_config):
                 x = Transition(int(x.shape[-1] * self.compression), self.kernel_init,
                                name=f"transition{index + 1}")(x, train)
-        x = nn.relu(torch_batch_norm(train, name="norm5")(x))
+        x = torch_batch_norm(train, name="norm5")(x, relu=True)
         x = jnp.mean(x, axis=(1, 2))
         return Dense(self.num_classes, kernel_init=self.dense_init,
                         bias_init=nn.initializers.zeros, name="head")(x)

@@ -94,7 +94,7 @@ class ConvBN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = conv(self.features, self.kernel, self.stride, self.kernel_init, name="conv")(x)
-        return nn.relu(batch_norm(train, name="bn", epsilon=self.epsilon)(x))
+        return batch_norm(train, name="bn", epsilon=self.epsilon)(x, relu=True)
 
 
 class Inception(nn.Module):

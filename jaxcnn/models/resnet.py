@@ -98,10 +98,9 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         y = conv(self.features, 3, self.stride, self.kernel_init, name="conv1")(x)
-        y = nn.relu(batch_norm(train, name="bn1")(y))
+        y = batch_norm(train, name="bn1")(y, relu=True)
         y = conv(self.features, 3, 1, self.kernel_init, name="conv2")(y)
-        y = batch_norm(train, name="bn2")(y)
-        return _add_shortcut(y, x, self, train)
+        return _norm_add_relu(y, x, self, train, name="bn2")
 
 
 class Bottleneck(nn.Module):
@@ -117,17 +116,19 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         y = conv(self.features, 1, 1, self.kernel_init, name="conv1")(x)
-        y = nn.relu(batch_norm(train, name="bn1")(y))
+        y = batch_norm(train, name="bn1")(y, relu=True)
         y = conv(self.features, 3, self.stride, self.kernel_init, name="conv2")(y)
-        y = nn.relu(batch_norm(train, name="bn2")(y))
+        y = batch_norm(train, name="bn2")(y, relu=True)
         y = conv(self.features * self.expansion, 1, 1, self.kernel_init, name="conv3")(y)
-        y = batch_norm(train, name="bn3")(y)
-        return _add_shortcut(y, x, self, train)
+        return _norm_add_relu(y, x, self, train, name="bn3")
 
 
-def _add_shortcut(y: jax.Array, x: jax.Array, block: nn.Module, train: bool) -> jax.Array:
+def _norm_add_relu(y: jax.Array, x: jax.Array, block: nn.Module, train: bool,
+                   name: str) -> jax.Array:
+    """A block's tail: ``relu(bn(y) + shortcut(x))``, one call of the BatchNorm ``name`` (one
+    kernel each way on the CPU, :class:`~jaxcnn.models.batch_norm.BatchNorm`)."""
     residual = shortcut(x, y.shape[-1], block.stride, block.shortcut, train, block.kernel_init)
-    return nn.relu(y if residual is None else y + residual)
+    return batch_norm(train, name=name)(y, residual=residual, relu=True)
 
 
 def residual_stages(x: jax.Array, widths: Sequence[int], sizes: Sequence[int], block: type,
@@ -173,7 +174,7 @@ class ResNet(nn.Module):
         name = model_name(self.shortcut, self.block, self.stage_sizes, stem_layers=2)
         check_input(name, x, channels=None, min_size=1)
         x = conv(STEM_FEATURES, 7, 2, self.kernel_init, name="conv1")(x)
-        x = nn.relu(batch_norm(train, name="bn1")(x))
+        x = batch_norm(train, name="bn1")(x, relu=True)
         x = torch_max_pool(x, 3, 2, padding=1)
         x = residual_stages(x, STAGE_WIDTHS, self.stage_sizes, self.block, self.shortcut,
                             self.kernel_init, train)

@@ -87,8 +87,9 @@ class VGG(nn.Module):
             if pooled:
                 continue
             if self.batch_norm:
-                x = torch_batch_norm(train, name=f"bn{index}")(x)
-            x = nn.relu(x)
+                x = torch_batch_norm(train, name=f"bn{index}")(x, relu=True)
+            else:
+                x = nn.relu(x)
         if x.shape[1:3] != (POOLED, POOLED):
             x = adaptive_avg_pool(x, POOLED)
         x = x.reshape((x.shape[0], -1))

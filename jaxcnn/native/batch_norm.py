@@ -1,8 +1,11 @@
 """oneDNN's batch normalization in training, forward and backward, as JAX functions on NHWC
-float32 activations with per-channel float32 vectors.
+float32 activations with per-channel float32 vectors; and jaxcnn's own kernel for batch
+normalization followed by (residual +) ReLU (:func:`relu_forward`, :func:`relu_backward`,
+``batch_norm_relu.cc``), which ``jax.vmap`` maps one slice at a time.
 
-Each is one XLA FFI call into ``onednn_batch_norm.cc`` (loaded by :mod:`jaxcnn.native.build`);
-``jax.vmap`` stacks slices in front (``vmap_method="expand_dims"``), each normalized alone.
+Each is one XLA FFI call (the library is loaded by :mod:`jaxcnn.native.build`); over oneDNN's
+(``onednn_batch_norm.cc``) ``jax.vmap`` stacks slices in front (``vmap_method="expand_dims"``),
+each normalized alone.
 ``jaxcnn.models.batch_norm`` makes them a differentiable layer; call them only where
 :func:`jaxcnn.native.native_status` says the library is available.
 """
@@ -38,3 +41,32 @@ def backward(x, dy, mean, variance, scale, epsilon: float):
     out = (jax.ShapeDtypeStruct(x.shape, jnp.float32), channels, channels)
     return jax.ffi.ffi_call("jaxcnn_batch_norm_backward", out, vmap_method="expand_dims")(
         x, dy, mean, variance, scale, epsilon=np.float32(epsilon))
+
+
+def relu_forward(x, scale, shift, epsilon: float, residual=None):
+    """``(y, mean, variance)`` with ``y = relu(bn(x) + residual)`` (jaxcnn's own kernel,
+    ``batch_norm_relu.cc``): :func:`forward`'s normalization, then the residual (``None``:
+    none) added and ReLU applied in the same pass."""
+    _check(x, scale, shift)
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"the residual must have the activations' shape {x.shape}; "
+                         f"got {residual.shape}")
+    channels = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
+    out = (jax.ShapeDtypeStruct(x.shape, jnp.float32), channels, channels)
+    target, args = ("jaxcnn_batch_norm_relu_forward", (x, scale, shift)) if residual is None \
+        else ("jaxcnn_batch_norm_add_relu_forward", (x, scale, shift, residual))
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
+        *args, epsilon=np.float32(epsilon))
+
+
+def relu_backward(x, y, dy, mean, variance, scale, epsilon: float, residual: bool):
+    """The gradients of :func:`relu_forward` from the output ``y`` and its gradient ``dy``:
+    ``(dx, dscale, dshift)``, and the residual's (``dy`` where ``y > 0``) last when
+    ``residual``."""
+    _check(x, mean, variance, scale)
+    channels = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
+    activation = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+    out = (activation, channels, channels) + ((activation,) if residual else ())
+    target = f"jaxcnn_batch_norm_{'add_' if residual else ''}relu_backward"
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
+        x, y, dy, mean, variance, scale, epsilon=np.float32(epsilon))

@@ -178,28 +178,6 @@ void route_gradient(const Geometry& g, const TileIndex& t, const float* __restri
   for (int64_t e = 0; e < span; ++e) sum[e] += row_sum[e];
 }
 
-// The first exception thrown in an OpenMP region's threads, rethrown after it (an exception
-// leaving a thread of the region would end the process). The loops in a guarded region are
-// `nowait`, so a thread that fails before its share cannot leave the others at a barrier.
-class Failure {
- public:
-  template <typename Body>
-  void guard(Body body) {
-    try {
-      body();
-    } catch (...) {
-#pragma omp critical(jaxcnn_pool_failure)
-      if (!first_) first_ = std::current_exception();
-    }
-  }
-  void rethrow() const {
-    if (first_) std::rethrow_exception(first_);
-  }
-
- private:
-  std::exception_ptr first_;
-};
-
 ffi::ErrorOr<Geometry> geometry(Dims in, Dims out, int64_t k, Dims bias) {
   if (in.size() != 4 || out.size() != 4 || bias.size() != 1 || bias[0] != in[3] || k < 1 ||
       out[0] != in[0] || out[3] != in[3] || out[1] != in[1] / k || out[2] != in[2] / k ||
@@ -218,7 +196,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> bias,
     const TileIndex t(g, bias.typed_data());
     const float* in = z.typed_data();
     float* out = y->typed_data();
-    Failure failure;
+    jaxcnn_onednn::Failure failure;
 #pragma omp parallel
     failure.guard([&] {
       std::vector<float> column(g.tiles_in());
@@ -246,7 +224,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> bias,
     float* din = dz->typed_data();
     const int64_t rest_rows = g.h - g.oh * g.k, rest_cols = g.row() - g.tiles_in();
     std::vector<std::vector<double>> sums(omp_get_max_threads());
-    Failure failure;
+    jaxcnn_onednn::Failure failure;
 #pragma omp parallel
     failure.guard([&] {
       Scratch s(g);  // each thread's own, allocated by it (no false sharing)

@@ -1,7 +1,8 @@
 """Builds and loads jaxcnn's oneDNN bridge for XLA's CPU backend: convolutions
 (``onednn_conv.cc``), dense-layer matmuls (``onednn_matmul.cc``), batch normalization in
-training (``onednn_batch_norm.cc``) and jaxcnn's own bias + ReLU + max-pool kernel
-(``bias_relu_max_pool.cc``), one library.
+training (``onednn_batch_norm.cc``) and jaxcnn's own kernels, bias + ReLU + max-pool
+(``bias_relu_max_pool.cc``) and batch normalization + (residual) + ReLU
+(``batch_norm_relu.cc``), one library.
 
 The C++ sources are compiled on first use with the system's C++ compiler (``$CXX``, else
 ``g++``) against XLA's FFI headers (shipped in jaxlib) and oneDNN (the ``onednn-cpu-gomp`` and
@@ -34,7 +35,7 @@ import jaxlib
 
 HERE = pathlib.Path(__file__).parent
 SOURCES = (HERE / "onednn_conv.cc", HERE / "onednn_matmul.cc", HERE / "onednn_batch_norm.cc",
-           HERE / "bias_relu_max_pool.cc")
+           HERE / "bias_relu_max_pool.cc", HERE / "batch_norm_relu.cc")
 # Read by every source; part of the build key.
 HEADERS = (HERE / "onednn_bridge.h",)
 ENV_SWITCH = "JAXCNN_NATIVE_CONV"
@@ -47,7 +48,11 @@ TARGETS = {"jaxcnn_conv_forward": "JaxcnnConvForward",
            "jaxcnn_batch_norm_forward": "JaxcnnBatchNormForward",
            "jaxcnn_batch_norm_backward": "JaxcnnBatchNormBackward",
            "jaxcnn_bias_relu_max_pool_forward": "JaxcnnBiasReluMaxPoolForward",
-           "jaxcnn_bias_relu_max_pool_backward": "JaxcnnBiasReluMaxPoolBackward"}
+           "jaxcnn_bias_relu_max_pool_backward": "JaxcnnBiasReluMaxPoolBackward",
+           "jaxcnn_batch_norm_relu_forward": "JaxcnnBatchNormReluForward",
+           "jaxcnn_batch_norm_add_relu_forward": "JaxcnnBatchNormAddReluForward",
+           "jaxcnn_batch_norm_relu_backward": "JaxcnnBatchNormReluBackward",
+           "jaxcnn_batch_norm_add_relu_backward": "JaxcnnBatchNormAddReluBackward"}
 INSTALL_HINT = ("pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0 "
                 "(or set $JAXCNN_ONEDNN_ROOT to a oneDNN 3 install with include/ and lib/)")
 
@@ -150,8 +155,9 @@ def native_status() -> NativeStatus:
         _register(library)
     except (BuildError, OSError, subprocess.TimeoutExpired) as err:
         warnings.warn(f"jaxcnn: oneDNN bridge unavailable, so CPU convolutions, dense layers, "
-                      f"BatchNorm and conv-ReLU-pool epilogues use XLA's, which train slower "
+                      f"BatchNorm and its ReLU, and conv-ReLU-pool epilogues use XLA's, which train slower "
                       f"(README, Performance): {err}", RuntimeWarning, stacklevel=2)
         return NativeStatus(False, str(err))
     return NativeStatus(True, f"oneDNN convolutions, matmuls and batch normalization, and the "
-                              f"bias-ReLU-max-pool kernel, from {library}", library)
+                              f"bias-ReLU-max-pool and batch-norm-ReLU kernels, from {library}",
+                        library)

@@ -168,6 +168,28 @@ ffi::Error locked(const char* what, Body body) {
   return ffi::Error::Success();
 }
 
+// The first exception thrown in an OpenMP region's threads, rethrown after it (an exception
+// leaving a thread of the region would end the process). The loops in a guarded region are
+// `nowait`, so a thread that fails before its share cannot leave the others at a barrier.
+class Failure {
+ public:
+  template <typename Body>
+  void guard(Body body) {
+    try {
+      body();
+    } catch (...) {
+#pragma omp critical(jaxcnn_native_failure)
+      if (!first_) first_ = std::current_exception();
+    }
+  }
+  void rethrow() const {
+    if (first_) std::rethrow_exception(first_);
+  }
+
+ private:
+  std::exception_ptr first_;
+};
+
 }  // namespace jaxcnn_onednn
 
 #endif  // JAXCNN_ONEDNN_BRIDGE_H_
