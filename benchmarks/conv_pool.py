@@ -47,13 +47,20 @@ def median_ms(fn, args, repeat: int) -> float:
     return float(np.median(times))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=200, help="calls per repetition")
+def kernel_benchmark_args(doc: str, repeat: int) -> argparse.Namespace:
+    """The command line of a native-kernel benchmark (``--repeat``, calls per repetition),
+    after checking that the native library is there."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=repeat, help="calls per repetition")
     args = parser.parse_args()
     status = native_status()
     if not status.available:
         raise SystemExit(f"the native library is not available: {status.reason}")
+    return args
+
+
+def main() -> None:
+    args = kernel_benchmark_args(__doc__, 200)
     rng = np.random.default_rng(0)
     print(f"{'layer':34} {'XLA fwd':>8} {'native':>8} {'ratio':>6} {'XLA f+b':>8} "
           f"{'native':>8} {'ratio':>6}   (ms)")
