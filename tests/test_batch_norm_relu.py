@@ -5,6 +5,11 @@ NaN, jax.vmap and reproducibility. In CI (``CI=true``) the library must build.
 """
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -47,6 +52,63 @@ def test_forward_and_backward_on_a_hand_computed_example():
     y, _, _ = native.relu_forward(x, scale, shift, EPS)
     np.testing.assert_allclose(y.ravel(), np.maximum(2.0 * xhat + 0.5, 0.0), rtol=1e-5)
     assert len(native.relu_backward(x, y, dy, mean, variance, scale, EPS, False)) == 3
+
+
+def _compare_with_float64(shape, with_residual: bool, seed: int = 0):
+    """The kernel's forward and backward passes against NumPy in float64 (ReLU's gradient
+    taken where the kernel's own output is positive)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=shape) * 2.0 + 0.5).astype(np.float32)
+    scale = rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32)
+    shift = rng.normal(size=shape[-1]).astype(np.float32)
+    r = rng.normal(size=shape).astype(np.float32) if with_residual else None
+    dy = rng.normal(size=shape).astype(np.float32)
+    y, mean, variance = native.relu_forward(x, scale, shift, EPS, r)
+    grads = native.relu_backward(x, y, dy, mean, variance, scale, EPS, with_residual)
+    x64 = x.astype(np.float64)
+    mu, var = x64.mean(axis=(0, 1, 2)), x64.var(axis=(0, 1, 2))
+    xhat = (x64 - mu) / np.sqrt(var + EPS)
+    z = xhat * scale + shift + (0.0 if r is None else r)
+    np.testing.assert_allclose(mean, mu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(variance, var, rtol=1e-5)
+    np.testing.assert_allclose(y, np.maximum(z, 0.0), atol=2e-5, rtol=0)
+    g = np.where(np.asarray(y) > 0, dy, 0.0)
+    m = x.size // shape[-1]
+    dshift, dscale = g.sum(axis=(0, 1, 2)), (g * xhat).sum(axis=(0, 1, 2))
+    dx = scale / np.sqrt(var + EPS) * (g - dshift / m - xhat * dscale / m)
+    np.testing.assert_allclose(grads[0], dx, atol=2e-5 * np.abs(dx).max(), rtol=0)
+    np.testing.assert_allclose(grads[1], dscale, atol=2e-5 * np.abs(dscale).max(), rtol=0)
+    np.testing.assert_allclose(grads[2], dshift, atol=2e-5 * np.abs(dshift).max(), rtol=0)
+    if with_residual:
+        np.testing.assert_array_equal(grads[3], g.astype(np.float32))
+
+
+# channel counts that do not divide the 64-element lanes, more than 64, a partial last chunk
+@pytest.mark.parametrize("shape", [(3, 5, 7, 3), (2, 9, 11, 48), (1, 17, 19, 100),
+                                   (7, 37, 3, 65), (1, 3, 1, 130)])
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_the_kernel_matches_float64_for_any_channel_count(shape, with_residual):
+    _compare_with_float64(shape, with_residual)
+
+
+def test_three_openmp_threads_split_the_rows_as_well():
+    # CI has 2 cores; an odd team splits the rows (and the lanes' blocks) unevenly
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_batch_norm_relu as t; "
+            "[t._compare_with_float64(s, r) for s in [(7, 37, 3, 65), (5, 13, 13, 16)] "
+            "for r in (True, False)]")
+    done = subprocess.run([sys.executable, "-c", code, str(pathlib.Path(__file__).parent)],
+                          env={**os.environ, "OMP_NUM_THREADS": "3"}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_bad_operands_are_refused():
+    x = jnp.ones((2, 4, 4, 8))
+    with pytest.raises(ValueError, match="float32 of the activations' shape"):
+        native.relu_forward(x, jnp.ones(8), jnp.zeros(8), EPS, x.astype(jnp.bfloat16))
+    # no channels: every output is empty (XLA skips the call; the kernel would refuse it)
+    y, mean, _ = native.relu_forward(jnp.ones((2, 4, 4, 0)), jnp.ones(0), jnp.zeros(0), EPS)
+    assert y.shape == (2, 4, 4, 0) and mean.shape == (0,)
 
 
 def _setup(seed=0):
@@ -158,7 +220,19 @@ def test_nan_reaches_the_output_as_in_flax_and_runs_are_bitwise_repeatable():
     np.testing.assert_array_equal(jnp.isnan(y), jnp.isnan(expected))
     assert bool(jnp.all(jnp.isnan(y[..., 7]))) and not bool(jnp.any(jnp.isnan(y[..., :7])))
     clean = _setup(2)[0]
-    np.testing.assert_array_equal(fn(clean), fn(clean))
+    np.testing.assert_array_equal(fn(clean), fn(clean))  # same threads: the same bits
+    # backward: NaN in dy where the output is 0 goes nowhere; where it is positive, it
+    # reaches its channel's sums, so that channel's dx
+    x, _, _, dy = _setup(4)
+    p = variables["params"]
+    y, mean, variance = native.relu_forward(x, p["scale"], p["bias"], EPS)
+    off, on = np.argwhere(np.asarray(y) == 0)[0], np.argwhere(np.asarray(y) > 0)[0]
+    dx = native.relu_backward(x, y, dy.at[tuple(off)].set(jnp.nan), mean, variance,
+                              p["scale"], EPS, False)[0]
+    assert not bool(jnp.any(jnp.isnan(dx)))
+    dx = native.relu_backward(x, y, dy.at[tuple(on)].set(jnp.nan), mean, variance,
+                              p["scale"], EPS, False)[0]
+    assert bool(jnp.all(jnp.isnan(dx[..., on[3]])))
 
 
 def test_vmap_normalizes_each_slice_alone():
@@ -166,6 +240,47 @@ def test_vmap_normalizes_each_slice_alone():
     x, residual = x.reshape(2, 8, *SHAPE[1:]), residual.reshape(2, 8, *SHAPE[1:])
     apply = lambda x, r: _ours().apply(variables, x, residual=r, relu=True,  # noqa: E731
                                        mutable=["batch_stats"])[0]
-    stacked = jax.jit(jax.vmap(apply))(x, residual)
+    stacked = jax.jit(jax.vmap(apply))
+    assert "jaxcnn_batch_norm_add_relu_forward" in stacked.lower(x, residual).compile().as_text()
+    out = stacked(x, residual)
+    grad = jax.jit(jax.vmap(jax.grad(lambda x, r: jnp.sum(jnp.sin(apply(x, r))), (0, 1))))
+    gx, gr = grad(x, residual)
     for i in range(2):
-        np.testing.assert_allclose(stacked[i], apply(x[i], residual[i]), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(out[i], apply(x[i], residual[i]), atol=1e-6, rtol=0)
+        alone = jax.grad(lambda x, r: jnp.sum(jnp.sin(apply(x, r))), (0, 1))(x[i], residual[i])
+        np.testing.assert_allclose(gx[i], alone[0], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(gr[i], alone[1], atol=1e-6, rtol=0)
+
+
+def test_two_pass_variance_and_other_dtypes_keep_flax_code_with_the_same_tail():
+    x, residual, variables, _ = _setup(5)
+    two_pass = BatchNorm(use_running_average=False, epsilon=EPS, use_fast_variance=False)
+    fn = jax.jit(lambda x, r: two_pass.apply(variables, x, residual=r, relu=True,
+                                             mutable=["batch_stats"])[0])
+    assert "jaxcnn_batch_norm" not in fn.lower(x, residual).compile().as_text()
+    # a bfloat16 residual: oneDNN's normalization, then XLA's add and ReLU
+    r16 = residual.astype(jnp.bfloat16)
+    fn = jax.jit(lambda x, r: _ours().apply(variables, x, residual=r, relu=True,
+                                            mutable=["batch_stats"])[0])
+    text = fn.lower(x, r16).compile().as_text()
+    assert "jaxcnn_batch_norm_forward" in text and "relu_forward" not in text
+    np.testing.assert_allclose(fn(x, r16), _flax_tail(variables, x, r16)[0], atol=2e-5)
+
+
+def test_a_projection_shortcut_keeps_onednn_batch_norm_and_fuses_the_block_tail():
+    from jaxcnn.models.resnet import BasicBlock
+    block = BasicBlock(32, stride=2, shortcut="projection")
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(16, 16, 16, 16)), jnp.float32)
+    variables = block.init(jax.random.key(0), x)
+    assert set(variables["params"]) == {"conv1", "bn1", "conv2", "bn2", "downsample_conv",
+                                        "downsample_bn"}
+
+    def loss(params):
+        out, _ = block.apply({**variables, "params": params}, x, train=True,
+                             mutable=["batch_stats"])
+        return jnp.sum(out)
+
+    text = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
+    for target in ("batch_norm_forward", "batch_norm_backward",  # downsample_bn, no ReLU
+                   "batch_norm_relu_forward", "batch_norm_add_relu_backward"):
+        assert f"jaxcnn_{target}" in text

@@ -12,11 +12,12 @@ and backward, 0.94 ms against Flax's 1.51 ms under XLA; whole resnet20 steps 670
 :class:`BatchNorm` is ``flax.linen.BatchNorm`` (same attributes, variables, names, running
 averages and results up to float32 rounding) whose training pass on the CPU calls oneDNN
 when :func:`uses_onednn` holds: float32 NHWC activations of at least
-:data:`MIN_ONEDNN_ELEMENTS`, the last axis the feature axis, scale and bias both used, no
-``axis_name`` (synchronised statistics), mask or index groups, on a one-device CPU backend
-with the bridge built (:func:`jaxcnn.models.conv.onednn_allowed`). Otherwise, and always for
-evaluation with running averages and at initialization, Flax's own code runs. The batch
-statistics that update the running averages are the biased variance and mean, as Flax's.
+:data:`MIN_ONEDNN_ELEMENTS`, the last axis the feature axis, scale and bias both used, the
+fast (one-pass) variance, no ``axis_name`` (synchronised statistics), mask or index groups,
+on a one-device CPU backend with the bridge built (:func:`jaxcnn.models.conv.onednn_allowed`).
+Otherwise, and always for evaluation with running averages and at initialization, Flax's own
+code runs. The batch statistics that update the running averages are the biased variance and
+mean, as Flax's.
 
 ``bn(x, residual=r, relu=True)`` is ``relu(bn(x) + r)`` (``r`` optional), the tail of every
 residual block (He et al. 2016) and of conv -> BN -> ReLU stages. Where oneDNN's path would
@@ -137,6 +138,8 @@ class BatchNorm(nn.BatchNorm):
         if self.axis_name is not None or self.axis_index_groups is not None:
             return False
         if x.ndim != 4 or self.axis not in (-1, 3) or not (self.use_scale and self.use_bias):
+            return False
+        if not self.use_fast_variance:  # Flax's two-pass variance was asked for
             return False
         if x.dtype != jnp.float32 or self.param_dtype != jnp.float32 \
                 or self.dtype not in (None, jnp.float32):

@@ -48,9 +48,9 @@ def relu_forward(x, scale, shift, epsilon: float, residual=None):
     ``batch_norm_relu.cc``): :func:`forward`'s normalization, then the residual (``None``:
     none) added and ReLU applied in the same pass."""
     _check(x, scale, shift)
-    if residual is not None and residual.shape != x.shape:
-        raise ValueError(f"the residual must have the activations' shape {x.shape}; "
-                         f"got {residual.shape}")
+    if residual is not None and (residual.shape != x.shape or residual.dtype != jnp.float32):
+        raise ValueError(f"the residual must be float32 of the activations' shape {x.shape}; "
+                         f"got {residual.dtype} {residual.shape}")
     channels = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
     out = (jax.ShapeDtypeStruct(x.shape, jnp.float32), channels, channels)
     target, args = ("jaxcnn_batch_norm_relu_forward", (x, scale, shift)) if residual is None \

@@ -12,8 +12,8 @@
 //
 // Numerics: the statistics are the sums of x and of x^2 (one pass; the variance is
 // E[x^2] - E[x]^2, clipped at 0, as Flax computes it), in float over blocks of kBlockRows
-// rows, the blocks in double, the threads' sums added in thread order, so a run is
-// reproducible; the output is
+// rows, the blocks in double, the threads' sums added in thread order, so runs with the same
+// number of OpenMP threads give the same bits; the output is
 // (x - mean) * (scale / sqrt(var + eps)) + shift [+ r], then relu, which propagates NaN as
 // jnp.maximum does. The gradient flows where y > 0 (relu's gradient at 0 is 0, and at NaN
 // nothing flows, as jax.nn.relu's). Plain loops, vectorized by the compiler (one clone per
@@ -186,7 +186,7 @@ ffi::Error check(Dims x, std::initializer_list<Dims> same, std::initializer_list
   bool ok = x.size() == 4;
   for (Dims d : same) ok = ok && d.size() == 4 && std::equal(d.begin(), d.end(), x.begin());
   for (Dims d : channel) ok = ok && d.size() == 1 && d[0] == x[3];
-  if (ok && x[0] * x[1] * x[2] > 0) return ffi::Error::Success();
+  if (ok && x[0] * x[1] * x[2] > 0 && x[3] > 0) return ffi::Error::Success();
   return ffi::Error::InvalidArgument(
       "batch_norm_relu takes non-empty NHWC x (and a residual and gradients of its shape) "
       "and one value per channel");
