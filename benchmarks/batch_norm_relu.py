@@ -17,8 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from conv_pool import kernel_benchmark_args, median_ms
-from jaxcnn.models.batch_norm import (_normalize_add_relu_native, _normalize_onednn,
-                                      _normalize_relu_native)
+from jaxcnn.models.batch_norm import _NATIVE_TAIL, _normalize_onednn
 
 EPSILON = 1e-5
 SHAPES = [  # (name, x's shape N x H x W x C)
@@ -36,9 +35,7 @@ def onednn_then_xla(x, scale, shift, *residual):
 
 
 def native(x, scale, shift, *residual):
-    if residual:
-        return _normalize_add_relu_native(x, scale, shift, residual[0], EPSILON)
-    return _normalize_relu_native(x, scale, shift, EPSILON)
+    return _NATIVE_TAIL[bool(residual)](EPSILON, x, scale, shift, *residual)
 
 
 def forward_and_gradients(fn, dy, *args):

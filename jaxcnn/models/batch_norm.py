@@ -68,44 +68,29 @@ def _normalize_backward(epsilon, residuals, cotangents):
 _normalize_onednn.defvjp(_normalize_forward, _normalize_backward)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _normalize_relu_native(x, scale, bias, epsilon: float):
-    """``(relu(bn(x)), mean, variance)`` by jaxcnn's kernel, differentiable like
-    :func:`_normalize_onednn`."""
-    return onednn.relu_forward(x, scale, bias, epsilon)
+def _native_tail(with_residual: bool):
+    """``f(epsilon, x, scale, bias[, residual])`` = ``(relu(bn(x) [+ residual]), mean,
+    variance)`` by jaxcnn's kernel, differentiable like :func:`_normalize_onednn` (and in the
+    residual)."""
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def tail(epsilon, x, scale, bias, *residual):
+        return onednn.relu_forward(x, scale, bias, epsilon, *residual)
+
+    def forward(epsilon, x, scale, bias, *residual):
+        y, mean, variance = onednn.relu_forward(x, scale, bias, epsilon, *residual)
+        return (y, mean, variance), (x, y, mean, variance, scale)
+
+    def backward(epsilon, residuals, cotangents):
+        x, y, mean, variance, scale = residuals
+        return onednn.relu_backward(x, y, cotangents[0], mean, variance, scale, epsilon,
+                                    with_residual)
+
+    tail.defvjp(forward, backward)
+    return tail
 
 
-def _normalize_relu_forward(x, scale, bias, epsilon):
-    y, mean, variance = onednn.relu_forward(x, scale, bias, epsilon)
-    return (y, mean, variance), (x, y, mean, variance, scale)
-
-
-def _normalize_relu_backward(epsilon, residuals, cotangents):
-    x, y, mean, variance, scale = residuals
-    return onednn.relu_backward(x, y, cotangents[0], mean, variance, scale, epsilon, False)
-
-
-_normalize_relu_native.defvjp(_normalize_relu_forward, _normalize_relu_backward)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _normalize_add_relu_native(x, scale, bias, residual, epsilon: float):
-    """``(relu(bn(x) + residual), mean, variance)`` by jaxcnn's kernel, differentiable in
-    ``x``, ``scale``, ``bias`` and ``residual``."""
-    return onednn.relu_forward(x, scale, bias, epsilon, residual)
-
-
-def _normalize_add_relu_forward(x, scale, bias, residual, epsilon):
-    y, mean, variance = onednn.relu_forward(x, scale, bias, epsilon, residual)
-    return (y, mean, variance), (x, y, mean, variance, scale)
-
-
-def _normalize_add_relu_backward(epsilon, residuals, cotangents):
-    x, y, mean, variance, scale = residuals
-    return onednn.relu_backward(x, y, cotangents[0], mean, variance, scale, epsilon, True)
-
-
-_normalize_add_relu_native.defvjp(_normalize_add_relu_forward, _normalize_add_relu_backward)
+_NATIVE_TAIL = {False: _native_tail(False), True: _native_tail(True)}
 
 
 def normalize_xla(x, scale, bias, epsilon: float):
@@ -172,10 +157,9 @@ class BatchNorm(nn.BatchNorm):
         fused = relu and (residual is None or residual.dtype == jnp.float32)
         if fused:
             extra = () if residual is None else (residual,)
-            native = _normalize_relu_native if residual is None else _normalize_add_relu_native
             y, mean, variance = lax.platform_dependent(
                 x, scale, bias, *extra,
-                cpu=lambda *args: native(*args, self.epsilon),
+                cpu=functools.partial(_NATIVE_TAIL[residual is not None], self.epsilon),
                 default=functools.partial(_normalize_relu_xla, epsilon=self.epsilon))
         else:
             y, mean, variance = lax.platform_dependent(
