@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from conv_pool import kernel_benchmark_args, median_ms
-from jaxcnn.models.batch_norm import _NATIVE_TAIL, _normalize_onednn
+from jaxcnn.models.batch_norm import _NATIVE_TAIL, _epilogue, _normalize_onednn
 
 EPSILON = 1e-5
 SHAPES = [  # (name, x's shape N x H x W x C)
@@ -31,7 +31,7 @@ SHAPES = [  # (name, x's shape N x H x W x C)
 
 def onednn_then_xla(x, scale, shift, *residual):
     y, mean, variance = _normalize_onednn(x, scale, shift, EPSILON)
-    return jax.nn.relu(y + residual[0] if residual else y), mean, variance
+    return _epilogue(y, residual[0] if residual else None, True), mean, variance
 
 
 def native(x, scale, shift, *residual):

@@ -61,8 +61,10 @@ constexpr int64_t kBlockRows = 256;
 // over blocks of kBlockRows rows, the blocks' lanes folded into the channels' double sums.
 // (Always inlined, so that it and `terms` compile for the calling clone's instruction set.)
 template <typename Terms>
-__attribute__((always_inline)) inline void add_lane_sums(int64_t n, int64_t c, double* __restrict sum,
-                          double* __restrict other, Terms terms) {
+__attribute__((always_inline)) inline void add_lane_sums(int64_t n, int64_t c,
+                                                         double* __restrict sum,
+                                                         double* __restrict other,
+                                                         Terms terms) {
   const int64_t width = lane_width(c), block = kBlockRows * c;
   std::vector<float> lanes_a(width), lanes_b(width);
   float* __restrict la = lanes_a.data();
@@ -283,8 +285,8 @@ ffi::Error ResidualBackward(Buffer x, Buffer y, Buffer dy, Buffer mean, Buffer v
                             Result dresidual, float epsilon) {
   ffi::Error bad = check(x.dimensions(), {dresidual->dimensions()}, {});
   if (bad.failure()) return bad;
-  return Backward(x, y, dy, mean, variance, scale, dx, dscale, dshift,
-                        dresidual->typed_data(), epsilon);
+  return Backward(x, y, dy, mean, variance, scale, dx, dscale, dshift, dresidual->typed_data(),
+                  epsilon);
 }
 
 }  // namespace
