@@ -303,7 +303,7 @@ def main() -> None:
     t.add_argument("--model", default="lenet5")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--batch", type=int, default=24)
-    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--schedule", default="onecycle", choices=("onecycle", "cosine", "constant"))
     t.add_argument("--warmup", type=float, default=0.2)
     t.add_argument("--epochs", type=float, default=2)
