@@ -66,9 +66,10 @@ def test_kernel_on_a_hand_computed_example_with_ties():
 
 
 @pytest.mark.parametrize("shape,window", [
-    ((16, 28, 28, 6), 2),    # LeNet-5's C1: few channels, index tables
-    ((16, 10, 10, 16), 2),   # its C3: a channel vector per tile
-    ((4, 24, 24, 64), 2),    # VGG-like
+    ((16, 28, 28, 6), 2),    # LeNet-5's C1: few channels, 6 rows of tiles per gradient block
+    ((16, 10, 10, 16), 2),   # its C3
+    ((2, 9, 203, 8), 2),     # rows of tiles split into two gradient blocks, remainders
+    ((4, 24, 24, 64), 2),    # VGG-like: the gradient tile by tile
     ((3, 11, 7, 5), 3),      # a remainder in both directions, 3x3 windows
     ((2, 9, 9, 33), 4),      # many channels, uneven
     ((5, 6, 6, 3), 1),       # a window of 1: bias and ReLU alone
@@ -91,7 +92,7 @@ def test_kernel_matches_xla(shape, window):
     assert TARGET in hlo(lambda z, b: bias_relu_max_pool(z, b, window), z, bias)
 
 
-@pytest.mark.parametrize("channels", [2, 16])  # both of the kernel's paths
+@pytest.mark.parametrize("channels", [2, 16, 32])  # the kernel's paths
 def test_ties_are_decided_after_adding_the_bias_as_in_xla(channels):
     # 1 and 1 + 2^-23 differ, but plus a bias of 1 both round to 2: XLA compares relu(z + b),
     # so the two share the gradient
@@ -106,9 +107,10 @@ def test_ties_are_decided_after_adding_the_bias_as_in_xla(channels):
     np.testing.assert_array_equal(dz, xla[1])
 
 
-def test_nan_propagates_as_in_xla():
-    z = jnp.zeros((1, 4, 4, 2)).at[0, 1, 1, 0].set(jnp.nan)
-    bias = jnp.array([1.0, 1.0])
+@pytest.mark.parametrize("channels", [2, 32])  # blocks of rows, tile by tile
+def test_nan_propagates_as_in_xla(channels):
+    z = jnp.zeros((1, 4, 4, channels)).at[0, 1, 1, 0].set(jnp.nan)
+    bias = jnp.ones(channels)
     y = native.forward(z, bias, 2)
     assert np.isnan(y[0, 0, 0, 0]) and not np.isnan(y[0, 0, 0, 1])
     np.testing.assert_array_equal(y, bias_relu_max_pool_xla(z, bias, 2))

@@ -6,7 +6,7 @@
 //
 // Why: XLA:CPU computes this epilogue as five loop fusions and a reduction (LeNet-5's first
 // stage at batch 128: about 1.2 ms of a 6-8 ms train step), reading the 2.4 MB feature map
-// nine times; here the forward pass reads it once and the backward pass twice.
+// nine times; here the forward pass reads it once and the backward pass once or twice.
 //
 // Semantics, the XLA expression's: relu is monotonic, so the tile maximum of relu(z + b) is
 // relu(max(z) + b), bit for bit (adding b rounds monotonically). The gradient of a tile goes
@@ -14,14 +14,16 @@
 // maximum plus b, shared equally among ties (jaxcnn.models.layers.max_pool), and to none when
 // that is not above 0 (relu's gradient at 0 is 0). NaN propagates as jnp.maximum does; only
 // an infinite bias meeting an opposite infinity in z gives inf here where XLA gives NaN. The
-// bias gradient is the sum of z's gradient per channel: per tile row in float, the rows in
-// double, the threads' sums in thread order.
+// bias gradient is the sum of z's gradient per channel: in float within a row of tiles, in
+// double across them, the threads' sums in thread order.
 //
 // Operands are NHWC float32 with one bias per channel; leading dimensions from jax.vmap are
 // not supported (the Python side, jaxcnn/native/pool.py, maps such calls sequentially).
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <exception>
+#include <optional>
 #include <vector>
 
 #include <omp.h>
@@ -44,40 +46,74 @@ struct Geometry {
   int64_t tiles_out() const { return ow * c; }     // of one output row
 };
 
-// Below this many channels a tile's channels fill less than one vector register, so the
-// loops run over a whole row of tiles at once through index tables (gathers); at or above
-// it they run over the channels of one tile.
+// Below this many channels a tile's channels fill less than one vector register: the
+// forward pass runs over a whole row of tiles at once through index tables (gathers); at or
+// above it, over the channels of one tile.
 constexpr int64_t kWideChannels = 16;
+// From this many channels on, the gradient runs over the channels of one tile (few passes,
+// in cache); below it, over blocks of rows of tiles (more passes, all of them vectorized,
+// no gathers). Alone (benchmarks/conv_pool.py shapes), blocks took LeNet-5's C1 (6 channels)
+// 0.78 -> 0.46-0.56 ms and C3 (16) 0.20 -> 0.15-0.18 ms; VGG's 16 x 56 x 56 x 256 map
+// 15-16 ms against 9 tile by tile, and 32 channels (the Keras CNN's) about even.
+constexpr int64_t kTileGradientChannels = 32;
+
+// The gradient by blocks takes about this many elements of one input row at a time: several
+// rows of tiles side by side where a row's tiles are fewer (LeNet-5's C1: 168 elements a
+// row), so that the loops are long enough to vectorize well, or a part of a row's tiles
+// where they are more (224 x 224 x 8 maps: 1,792), so that the working rows stay in cache.
+constexpr int64_t kBlockElements = 1024;
+
+struct Block {
+  int64_t rows, width;  // rows of tiles, elements of one input row of each
+};
+
+Block gradient_block(const Geometry& g) {
+  const int64_t tile = g.k * g.c;
+  if (g.tiles_in() > kBlockElements)
+    return {1, std::max<int64_t>(1, kBlockElements / tile) * tile};
+  // several rows only where they are evenly spaced (no rows past an image's last tile)
+  if (g.h % g.k != 0) return {1, g.tiles_in()};
+  const int64_t rows = std::min(g.n * g.oh, kBlockElements / g.tiles_in());
+  return {std::max<int64_t>(1, rows), g.tiles_in()};
+}
 
 // For rows of tiles: first[q] is the offset, in a tile row's first input row, of output
-// element q's tile's first element; owner[e] is the output element that input element e of
-// a tile row belongs to; bias[q] and in_bias[e] are the biases of their channels.
+// element q's tile's first element; bias[q] is the bias of its channel. For a block of the
+// gradient (the rows side by side): in_bias[e] is element e's bias, owner[e] the output
+// element (of those rows) it belongs to and tap[e] its column within its tile.
 struct TileIndex {
-  std::vector<int32_t> first, owner;
+  std::vector<int32_t> first, owner, tap;
   std::vector<float> bias, in_bias;
-  TileIndex(const Geometry& g, const float* channel_bias)
-      : first(g.tiles_out()), owner(g.tiles_in()), bias(g.tiles_out()), in_bias(g.tiles_in()) {
+  TileIndex(const Geometry& g, const float* channel_bias, Block block = {0, 0})
+      : first(g.tiles_out()), owner(block.rows * block.width), tap(block.rows * block.width),
+        bias(g.tiles_out()), in_bias(block.width) {
     for (int64_t q = 0; q < g.tiles_out(); ++q) {
       first[q] = int32_t((q / g.c) * g.k * g.c + q % g.c);
       bias[q] = channel_bias[q % g.c];
     }
-    for (int64_t e = 0; e < g.tiles_in(); ++e) {
-      owner[e] = int32_t((e / (g.k * g.c)) * g.c + e % g.c);
-      in_bias[e] = channel_bias[e % g.c];
-    }
+    for (int64_t e = 0; e < block.width; ++e) in_bias[e] = channel_bias[e % g.c];
+    for (int64_t r = 0, p = 0; r < block.rows; ++r)
+      for (int64_t e = 0; e < block.width; ++e, ++p) {
+        owner[p] = int32_t(r * g.tiles_out() + (e / (g.k * g.c)) * g.c + e % g.c);
+        tap[p] = int32_t((e / g.c) % g.k);
+      }
   }
 };
 
-// Per-thread rows: the maxima of one output row, working rows of the input's length, and
-// the running sums of z's gradient per position of a tile row (few channels) or per
-// channel, which Backward adds up per channel in double.
+// One thread's working rows for the gradient by blocks, each as long as one input row of a
+// block (`span`: the rows of tiles side by side) except `shifted` (all k input rows) and two
+// rows read at shifts of up to pad = (k - 1) * c, padded by that much: `column` at the end
+// (read forward from each tile's first column) and `lead` at the front (read backward from
+// the tile's other columns); and the running sums of z's gradient per position of a block,
+// which Backward adds up per channel in double.
 struct Scratch {
-  std::vector<float> column, peak, spread, count, share, row_sum, shifted;
+  int64_t pad;
+  std::vector<float> shifted, column, lead, spread, count, share, row_sum;
   std::vector<double> sum;
-  explicit Scratch(const Geometry& g)
-      : column(g.tiles_in()), peak(g.tiles_out()), spread(g.tiles_in()), count(g.tiles_in()),
-        share(g.tiles_out()), row_sum(g.tiles_in()), shifted(g.k * g.tiles_in()),
-        sum(g.c >= kWideChannels ? g.c : g.tiles_in(), 0.0) {}
+  Scratch(const Geometry& g, Block b)
+      : pad((g.k - 1) * g.c), shifted(g.k * b.rows * b.width), column(b.rows * b.width + pad),
+        lead(b.rows * b.width + pad), spread(b.rows * b.width), count(b.rows * b.width),
+        share(b.rows * b.width), row_sum(b.rows * b.width), sum(b.rows * b.width, 0.0) {}
 };
 
 // peak = the tile maxima of the k input rows starting at `in` (an output row's tiles).
@@ -111,71 +147,125 @@ void add_bias_relu(const Geometry& g, const TileIndex& t, float* __restrict peak
   for (int64_t q = 0; q < g.tiles_out(); ++q) peak[q] = nan_max(peak[q] + bias[q], 0.f);
 }
 
-// The gradient of one row of tiles: `in` and `din` the k input rows, `grad` the output
-// row's gradient, `peak` its tile maxima (before bias). Adds the row's bias gradient.
+// to[e] = from[e - tap[e] * c]: each element of a tile row gets the value at its tile's first
+// column (`from` readable from -(k - 1) * c). Shifted contiguous loads and selects, no gathers.
+__attribute__((always_inline)) inline void from_first_column(const Geometry& g, int64_t span,
+                                                             const int32_t* __restrict tap,
+                                                             const float* __restrict from,
+                                                             float* __restrict to) {
+  const int64_t c = g.c;
+  for (int64_t e = 0; e < span; ++e) to[e] = from[e];
+  for (int64_t j = 1; j < g.k; ++j)
+    for (int64_t e = 0; e < span; ++e) to[e] = tap[e] == j ? from[e - j * c] : to[e];
+}
+
+// The gradient of a block: `rows` rows of tiles, `width` elements of each of their input
+// rows (whole tiles), from `in` and into `din` (their first rows), `grad` the gradient of
+// their outputs. Adds the block's bias gradient. Every loop runs over the whole block with
+// contiguous loads (the tile's columns are reached by loads shifted by multiples of c), so
+// that few channels (LeNet-5's 6) vectorize as well as many; only the output gradient is
+// spread to the elements through the `owner` table.
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void route_gradient(const Geometry& g, const TileIndex& t, const float* __restrict in,
-                    const float* __restrict grad, float* __restrict din, Scratch& s) {
-  const int64_t span = g.tiles_in(), out = g.tiles_out(), row = g.row(), k = g.k, c = g.c;
-  const float* __restrict peak = s.peak.data();
-  float* __restrict share = s.share.data();
-  float* __restrict spread = s.spread.data();
-  const float* __restrict bias = t.bias.data();
-  if (c >= kWideChannels) {
-    float* __restrict row_sum = s.row_sum.data();
-    for (int64_t ch = 0; ch < c; ++ch) row_sum[ch] = 0.f;
-    for (int64_t o = 0; o < g.ow; ++o) {
-      const float* tile = in + o * k * c;
-      float* dtile = din + o * k * c;
-      const float* b = bias + o * c;
-      float* top = spread;  // the tile maxima plus bias
-      for (int64_t ch = 0; ch < c; ++ch) top[ch] = peak[o * c + ch] + b[ch];
-      float* sh = share + o * c;
-      for (int64_t ch = 0; ch < c; ++ch) sh[ch] = 0.f;
-      for (int64_t i = 0; i < k; ++i)
-        for (int64_t j = 0; j < k; ++j)
-          for (int64_t ch = 0; ch < c; ++ch)
-            sh[ch] += tile[i * row + j * c + ch] + b[ch] == top[ch];
-      for (int64_t ch = 0; ch < c; ++ch)
-        sh[ch] = top[ch] > 0.f ? grad[o * c + ch] / sh[ch] : 0.f;
-      for (int64_t i = 0; i < k; ++i)
-        for (int64_t j = 0; j < k; ++j)
-          for (int64_t ch = 0; ch < c; ++ch) {
-            float v = tile[i * row + j * c + ch] + b[ch] == top[ch] ? sh[ch] : 0.f;
-            dtile[i * row + j * c + ch] = v;
-            row_sum[ch] += v;
-          }
-    }
-    for (int64_t ch = 0; ch < c; ++ch) s.sum[ch] += row_sum[ch];
-    return;
-  }
-  const int32_t* first = t.first.data();
-  const int32_t* owner = t.owner.data();
+                    const float* __restrict grad, float* __restrict din, Scratch& s,
+                    int64_t rows, int64_t width) {
+  // `span`: the elements of one input row of each row of tiles, side by side
+  const int64_t span = rows * width, row = g.row(), k = g.k, c = g.c;
   const float* __restrict in_bias = t.in_bias.data();
-  float* __restrict count = s.count.data();
+  const int32_t* __restrict owner = t.owner.data();
+  const int32_t* __restrict tap = t.tap.data();
   float* __restrict shifted = s.shifted.data();  // the k input rows plus bias
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t e = 0; e < span; ++e) shifted[i * span + e] = in[i * row + e] + in_bias[e];
-  // spread: each input element's tile maximum plus bias
-  for (int64_t e = 0; e < span; ++e) spread[e] = peak[owner[e]] + in_bias[e];
-  for (int64_t e = 0; e < span; ++e) count[e] = shifted[e] == spread[e];
-  for (int64_t i = 1; i < k; ++i)
-    for (int64_t e = 0; e < span; ++e) count[e] += shifted[i * span + e] == spread[e];
-  for (int64_t q = 0; q < out; ++q) share[q] = count[first[q]];
-  for (int64_t j = 1; j < k; ++j)
-    for (int64_t q = 0; q < out; ++q) share[q] += count[first[q] + j * c];
-  for (int64_t q = 0; q < out; ++q) share[q] = peak[q] + bias[q] > 0.f ? grad[q] / share[q] : 0.f;
-  for (int64_t e = 0; e < span; ++e) count[e] = share[owner[e]];  // now each element's share
+  float* __restrict column = s.column.data();    // their maximum per position
+  float* __restrict lead = s.lead.data() + s.pad;  // at a tile's first column: its maximum
+  float* __restrict spread = s.spread.data();    // each element's tile maximum (plus bias)
+  float* __restrict count = s.count.data();  // each element's tile's count of maxima
+  float* __restrict share = s.share.data();
   float* __restrict row_sum = s.row_sum.data();
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t e = 0; e < width; ++e)
+        shifted[i * span + r * width + e] = in[(r * k + i) * row + e] + in_bias[e];
+  for (int64_t e = 0; e < span; ++e) column[e] = shifted[e];
+  for (int64_t i = 1; i < k; ++i)
+    for (int64_t e = 0; e < span; ++e) column[e] = nan_max(column[e], shifted[i * span + e]);
+  for (int64_t e = span; e < span + s.pad; ++e) column[e] = 0.f;  // read, never used
+  for (int64_t e = 0; e < span; ++e) lead[e] = column[e];
+  for (int64_t j = 1; j < k; ++j)
+    for (int64_t e = 0; e < span; ++e) lead[e] = nan_max(lead[e], column[e + j * c]);
+  from_first_column(g, span, tap, lead, spread);
+  // count: how many of the tile's elements equal its maximum (they share the gradient),
+  // per column of the tile into `column`, per tile into `lead` at each tile's first column
+  for (int64_t e = 0; e < span; ++e) column[e] = shifted[e] == spread[e];
+  for (int64_t i = 1; i < k; ++i)
+    for (int64_t e = 0; e < span; ++e) column[e] += shifted[i * span + e] == spread[e];
+  for (int64_t e = 0; e < span; ++e) lead[e] = column[e];
+  for (int64_t j = 1; j < k; ++j)
+    for (int64_t e = 0; e < span; ++e) lead[e] += column[e + j * c];
+  from_first_column(g, span, tap, lead, count);
+  for (int64_t e = 0; e < span; ++e) {  // divided unconditionally, so that it vectorizes
+    const float part = grad[owner[e]] / count[e];
+    share[e] = spread[e] > 0.f ? part : 0.f;
+  }
   for (int64_t e = 0; e < span; ++e) row_sum[e] = 0.f;
   for (int64_t i = 0; i < k; ++i)
-    for (int64_t e = 0; e < span; ++e) {
-      float v = shifted[i * span + e] == spread[e] ? count[e] : 0.f;
-      din[i * row + e] = v;
-      row_sum[e] += v;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* __restrict z = shifted + i * span + r * width;
+      const float* __restrict top = spread + r * width;
+      const float* __restrict part = share + r * width;
+      float* __restrict out = din + (r * k + i) * row;
+      float* __restrict total = row_sum + r * width;
+      for (int64_t e = 0; e < width; ++e) {
+        const float v = z[e] == top[e] ? part[e] : 0.f;
+        out[e] = v;
+        total[e] += v;
+      }
     }
   double* __restrict sum = s.sum.data();
   for (int64_t e = 0; e < span; ++e) sum[e] += row_sum[e];
+}
+
+// The per-tile gradient's working rows: one output row's tile maxima (before bias) and
+// gradient shares, one tile's maxima plus bias, and the sums of z's gradient per channel.
+struct TileScratch {
+  std::vector<float> column, peak, share, top, row_sum;
+  std::vector<double> sum;
+  explicit TileScratch(const Geometry& g)
+      : column(g.tiles_in()), peak(g.tiles_out()), share(g.tiles_out()), top(g.c),
+        row_sum(g.c), sum(g.c, 0.0) {}
+};
+
+// The gradient of one row of tiles, tile by tile over their channels (many channels):
+// `in` and `din` its k input rows, `grad` its output row's gradient.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void route_gradient_per_tile(const Geometry& g, const TileIndex& t, const float* __restrict in,
+                             const float* __restrict grad, float* __restrict din,
+                             TileScratch& s) {
+  const int64_t row = g.row(), k = g.k, c = g.c;
+  tile_maxima(g, t, in, s.column.data(), s.peak.data());
+  const float* __restrict peak = s.peak.data();
+  float* __restrict top = s.top.data();  // the tile's maxima plus bias
+  float* __restrict row_sum = s.row_sum.data();
+  for (int64_t ch = 0; ch < c; ++ch) row_sum[ch] = 0.f;
+  for (int64_t o = 0; o < g.ow; ++o) {
+    const float* tile = in + o * k * c;
+    float* dtile = din + o * k * c;
+    const float* b = t.bias.data() + o * c;
+    for (int64_t ch = 0; ch < c; ++ch) top[ch] = peak[o * c + ch] + b[ch];
+    float* __restrict sh = s.share.data() + o * c;
+    for (int64_t ch = 0; ch < c; ++ch) sh[ch] = 0.f;
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j)
+        for (int64_t ch = 0; ch < c; ++ch) sh[ch] += tile[i * row + j * c + ch] + b[ch] == top[ch];
+    for (int64_t ch = 0; ch < c; ++ch) sh[ch] = top[ch] > 0.f ? grad[o * c + ch] / sh[ch] : 0.f;
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j)
+        for (int64_t ch = 0; ch < c; ++ch) {
+          const float v = tile[i * row + j * c + ch] + b[ch] == top[ch] ? sh[ch] : 0.f;
+          dtile[i * row + j * c + ch] = v;
+          row_sum[ch] += v;
+        }
+  }
+  for (int64_t ch = 0; ch < c; ++ch) s.sum[ch] += row_sum[ch];
 }
 
 ffi::ErrorOr<Geometry> geometry(Dims in, Dims out, int64_t k, Dims bias) {
@@ -219,7 +309,12 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> bias,
   if (geo.has_error()) return geo.error();
   const Geometry g = *geo;
   return jaxcnn_onednn::locked("bias_relu_max_pool gradient (jaxcnn's kernel)", [&] {
-    const TileIndex t(g, bias.typed_data());
+    const bool per_tile = g.c >= kTileGradientChannels;
+    const Block block = per_tile ? Block{0, 0} : gradient_block(g);
+    const int64_t tile_rows = g.n * g.oh, rows = std::max<int64_t>(block.rows, 1);
+    const int64_t parts = per_tile ? 1 : (g.tiles_in() + block.width - 1) / block.width;
+    const int64_t blocks = (tile_rows + rows - 1) / rows * parts;  // parts of rows of tiles
+    const TileIndex t(g, bias.typed_data(), block);
     const float* in = z.typed_data();
     float* din = dz->typed_data();
     const int64_t rest_rows = g.h - g.oh * g.k, rest_cols = g.row() - g.tiles_in();
@@ -227,13 +322,27 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> bias,
     jaxcnn_onednn::Failure failure;
 #pragma omp parallel
     failure.guard([&] {
-      Scratch s(g);  // each thread's own, allocated by it (no false sharing)
+      // each thread's own working rows, allocated by it (no false sharing)
+      std::optional<TileScratch> tiles;
+      std::optional<Scratch> lines;
+      if (per_tile)
+        tiles.emplace(g);
+      else
+        lines.emplace(g, block);
 #pragma omp for schedule(static) nowait
-      for (int64_t r = 0; r < g.n * g.oh; ++r) {
-        const int64_t offset = ((r / g.oh) * g.h + (r % g.oh) * g.k) * g.row();
-        tile_maxima(g, t, in + offset, s.column.data(), s.peak.data());
-        route_gradient(g, t, in + offset, dy.typed_data() + r * g.tiles_out(), din + offset, s);
-        for (int64_t i = 0; rest_cols > 0 && i < g.k; ++i)  // columns past the last tile
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t first = b / parts * rows, count = std::min(rows, tile_rows - first);
+        const int64_t start = b % parts * block.width;  // in the row, at a tile's start
+        const int64_t offset = ((first / g.oh) * g.h + (first % g.oh) * g.k) * g.row();
+        const float* grad = dy.typed_data() + first * g.tiles_out() + start / g.k;
+        if (per_tile) {
+          route_gradient_per_tile(g, t, in + offset, grad, din + offset, *tiles);
+        } else {
+          const int64_t width = std::min(block.width, g.tiles_in() - start);
+          route_gradient(g, t, in + offset + start, grad, din + offset + start, *lines, count,
+                         width);
+        }
+        for (int64_t i = 0; rest_cols > 0 && b % parts == parts - 1 && i < count * g.k; ++i)
           std::memset(din + offset + i * g.row() + g.tiles_in(), 0, sizeof(float) * rest_cols);
       }
       if (rest_rows > 0) {  // rows past the last tile
@@ -242,7 +351,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> bias,
           std::memset(din + ((r / rest_rows) * g.h + g.oh * g.k + r % rest_rows) * g.row(), 0,
                       sizeof(float) * g.row());
       }
-      sums[omp_get_thread_num()] = std::move(s.sum);
+      sums[omp_get_thread_num()] = std::move(per_tile ? tiles->sum : lines->sum);
     });
     failure.rethrow();
     // The bias gradient: the threads' sums added in thread order (the same result each run).
