@@ -124,12 +124,14 @@ def test_the_input_gradient_by_matmul_is_the_hand_computed_transposed_convolutio
 def test_few_input_channels_take_the_matmul_input_gradient_and_sixteen_keep_xlas():
     grad = jax.jit(jax.grad(loss_of(conv_general_dilated), 0), static_argnums=(2, 3))
 
-    def convolutions(channels):  # in the compiled input gradient (the CPU branch)
-        x, w = jnp.ones((2, 14, 14, channels)), jnp.ones((5, 5, channels, 16))
+    def convolutions(channels, batch=2, size=14):  # in the compiled input gradient
+        x, w = jnp.ones((batch, size, size, channels)), jnp.ones((5, 5, channels, 16))
         return grad.lower(x, w, (1, 1), "VALID").compile().as_text().count(" convolution(")
 
     assert convolutions(6) == 1  # LeNet-5's C3: only the forward pass is a convolution
     assert convolutions(16) == 2
+    # (64 x 60 x 60) positions x 25 taps x 4 channels: over 2^24, too large an intermediate
+    assert convolutions(4, batch=64, size=64) == 2
 
 
 def test_a_kernel_larger_than_its_input_is_one_patch_matmul_on_a_hand_computed_example():

@@ -65,7 +65,8 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 # The largest patch matrix of one image (elements) that still gains from im2col; above it
 # (e.g. 224x224 feature maps) XLA's own convolution is kept.
 MAX_PATCH_ELEMENTS = 2 ** 21
-# The largest patch matrix of a whole batch for :func:`im2col_conv` (64 MB in float32).
+# The largest patch matrix of a whole batch for :func:`im2col_conv`, and the largest
+# intermediate of :func:`input_gradient_by_matmul` (64 MB in float32).
 MAX_BATCH_PATCH_ELEMENTS = 2 ** 24
 # Multiply-adds of a convolution's forward pass below which XLA's routes beat a oneDNN call
 # in whole steps: LeNet-5 at batch 24 (its layers 2.8M and 5.8M) reached 99% on MNIST in
@@ -229,9 +230,19 @@ def xla_kernel_gradient_is_faster(kernel_shape, padding) -> bool:
     return _is_shifted(kernel_shape) or (unpadded and kh * kw > 1)
 
 
+def _matmul_input_gradient(g_shape, w_shape, strides) -> bool:
+    """Whether the input gradient is :func:`input_gradient_by_matmul`: stride 1, few input
+    channels, and its ``(N, OH, OW, kh, kw, C)`` intermediate within
+    :data:`MAX_BATCH_PATCH_ELEMENTS`."""
+    kh, kw, c, _ = w_shape
+    n, oh, ow, _ = g_shape
+    return (strides == (1, 1) and c <= MAX_MATMUL_GRADIENT_CHANNELS
+            and n * oh * ow * kh * kw * c <= MAX_BATCH_PATCH_ELEMENTS)
+
+
 def _backward(strides, padding, residuals, g):
     x, w = residuals
-    if strides == (1, 1) and w.shape[2] <= MAX_MATMUL_GRADIENT_CHANNELS:
+    if _matmul_input_gradient(g.shape, w.shape, strides):
         dx = input_gradient_by_matmul(g, w, x.shape, padding)
     else:
         (dx,) = jax.linear_transpose(lambda v: _plain(v, w, strides, padding), x)(g)
