@@ -71,6 +71,7 @@ def test_kernel_on_a_hand_computed_example_with_ties():
     ((2, 9, 203, 8), 2),     # rows of tiles split into two gradient blocks, remainders
     ((4, 24, 24, 64), 2),    # VGG-like: the gradient tile by tile
     ((3, 11, 7, 5), 3),      # a remainder in both directions, 3x3 windows
+    ((2, 8, 12, 3), 4),      # 4x4 windows, several rows of tiles per gradient block
     ((2, 9, 9, 33), 4),      # many channels, uneven
     ((5, 6, 6, 3), 1),       # a window of 1: bias and ReLU alone
 ])
