@@ -41,6 +41,8 @@ def test_forward_and_both_gradients_on_a_hand_computed_example():
     # dx[a, b] = g[a, b] * w[0, 0] + g[a-1, b-1] * w[1, 1]
     dx = onednn.input_gradient(g, w, x.shape, (1, 1), valid)[0, :, :, 0]
     np.testing.assert_array_equal(dx, [[1, 2, 0], [3, 3, -2], [0, -3, -4]])
+    dx = onednn.few_channel_input_gradient(g, w, x.shape, valid)[0, :, :, 0]  # jaxcnn's kernel
+    np.testing.assert_array_equal(dx, [[1, 2, 0], [3, 3, -2], [0, -3, -4]])
     # dw[i, j] = sum_{h,w} x[h+i, w+j] g[h, w]
     dw = onednn.kernel_gradient(x, g, w.shape, (1, 1), valid)[:, :, 0, 0]
     image = np.arange(9).reshape(3, 3)
@@ -70,6 +72,29 @@ def test_larger_layers_match_xla_to_float32_rounding(x_shape, w_shape, strides, 
         assert ours.shape == xla.shape
         scale = float(jnp.max(jnp.abs(xla)))
         np.testing.assert_allclose(ours, xla, atol=1e-5 * scale, rtol=0)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,padding", [
+    ((4, 14, 14, 6), (5, 5, 6, 16), ((0, 0), (0, 0))),   # LeNet-5's C3: 10 vectors (8 + 2)
+    ((2, 11, 9, 4), (5, 5, 4, 3), ((2, 1), (0, 3))),     # 7 vectors (4 + 2 + 1), uneven
+    ((2, 6, 7, 8), (4, 3, 8, 20), ((1, 2), (1, 0))),     # 6 vectors (4 + 2)
+    ((3, 8, 8, 1), (5, 5, 1, 6), ((2, 2), (2, 2))),      # 2 vectors
+])
+def test_few_channel_input_gradient_matches_xla(x_shape, w_shape, padding):
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
+    conv = lambda a: lax.conv_general_dilated(a, w, (1, 1), padding,  # noqa: E731
+                                              dimension_numbers=NHWC)
+    y, pullback = jax.vjp(conv, x)
+    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    (dx,) = pullback(g)
+    ours = jax.jit(lambda g: onednn.few_channel_input_gradient(g, w, x_shape, padding))(g)
+    np.testing.assert_allclose(ours, dx, atol=1e-5 * float(jnp.max(jnp.abs(dx))), rtol=0)
+    # under vmap (sequential calls): two output gradients at once
+    both = jax.vmap(lambda g: onednn.few_channel_input_gradient(g, w, x_shape, padding))(
+        jnp.stack([g, 2 * g]))
+    np.testing.assert_allclose(both[1], 2 * ours, rtol=1e-6, atol=1e-6)
 
 
 def test_vmap_over_groups_with_a_shared_kernel_is_each_group_alone(monkeypatch):
@@ -104,6 +129,11 @@ def test_cpu_convolutions_with_enough_work_call_onednn_unless_told_not_to(monkey
     # below MIN_ONEDNN_MACS (LeNet-5's C3 at batch 24: 5.8M), XLA's routes
     assert conv_module.MIN_ONEDNN_MACS > 24 * 10 * 10 * 5 * 5 * 6 * 16
     assert "jaxcnn_conv" not in hlo(loss, jnp.ones((24, 14, 14, 6)), jnp.ones((5, 5, 6, 16)))
+    # at batch 128 its input gradient is jaxcnn's few-channel kernel; resnet20's stays oneDNN's
+    text = hlo(jax.grad(loss, (0, 1)), jnp.ones((128, 14, 14, 6)), jnp.ones((5, 5, 6, 16)))
+    assert "jaxcnn_few_channel_input_gradient" in text
+    assert "jaxcnn_conv_input_gradient" not in text and "jaxcnn_conv_kernel_gradient" in text
+    assert "jaxcnn_few_channel" not in hlo(jax.grad(loss, (0, 1)), x, w)
     monkeypatch.setattr(conv_module, "MIN_ONEDNN_MACS", 0)
     x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))
     # bfloat16, grouped and dilated convolutions stay XLA's
@@ -125,7 +155,8 @@ def test_a_missing_compiler_is_named_and_leaves_no_partial_library(tmp_path, mon
         build.build_library()
     monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
     with pytest.raises(build.BuildError, match="compiling onednn_conv.cc, onednn_matmul.cc, "
-                       "onednn_batch_norm.cc, bias_relu_max_pool.cc, batch_norm_relu.cc failed"):
+                       "onednn_batch_norm.cc, bias_relu_max_pool.cc, batch_norm_relu.cc, "
+                       "few_channel_input_gradient.cc failed"):
         build.build_library()
     assert [p for p in pathlib.Path(tmp_path).rglob("*") if p.is_file()] == []
 

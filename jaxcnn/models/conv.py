@@ -5,7 +5,10 @@ steps), float32 NHWC convolutions without groups or dilation run oneDNN's direct
 (forward, input gradient and kernel gradient; :mod:`jaxcnn.native`), called from XLA through
 its FFI: 190-250 GFLOP/s on the layers of resnet20 and the lecture CNN, against 90-200 for
 XLA:CPU's forward pass and 10-170 for forward and backward together; convolutions of fewer
-than :data:`MIN_ONEDNN_MACS` multiply-adds keep XLA's routes, faster there. It needs the oneDNN
+than :data:`MIN_ONEDNN_MACS` multiply-adds keep XLA's routes, faster there; the input
+gradient of stride-1 layers with few input channels and a large enough receptive field is
+jaxcnn's own col2im kernel (:data:`MAX_FEW_CHANNELS`; LeNet-5's C3, whole LeNet-5 steps
+1.10x faster, paired, alternating in two processes). It needs the oneDNN
 wheels and a C++ compiler (:func:`jaxcnn.native.native_status` says whether it is in use, and
 why not); programs XLA partitions over several devices do without it
 (:func:`without_native_convolution`).
@@ -79,6 +82,14 @@ MAX_SHIFTED_TERMS = 32
 # :func:`input_gradient_by_matmul` (XLA:CPU's convolution that writes so few channels runs at
 # about the same speed as one that writes 16).
 MAX_MATMUL_GRADIENT_CHANNELS = 12
+# With oneDNN, the input gradient of a stride-1 layer with at most this many input channels
+# and a receptive field (kh*kw*C_in) of at least this many values is jaxcnn's col2im kernel
+# (``few_channel_input_gradient.cc``), not oneDNN's: at batch 128, 14x14 -> 10x10 maps, 5x5
+# kernels to 16 channels, 1.5 -> 0.85-1.2 ms with 6 input channels (LeNet-5's C3), 1.5 -> 1.0
+# with 4, 1.6 -> 1.3 with 8, even with 12; 3x3 layers with 8 or 12 were slower (3.7 -> 5.5
+# and 3.8 -> 6.8 ms on 32x32 maps).
+MAX_FEW_CHANNELS = 8
+MIN_FEW_CHANNEL_FIELD = 96
 
 
 _XLA_ONLY = contextvars.ContextVar("jaxcnn_plain_lax_layers", default=False)
@@ -266,8 +277,12 @@ def _onednn_fwd(x, w, strides, padding):
 
 def _onednn_bwd(strides, padding, residuals, g):
     x, w = residuals
-    return (onednn.input_gradient(g, w, x.shape, strides, padding),
-            onednn.kernel_gradient(x, g, w.shape, strides, padding))
+    kh, kw, c, _ = w.shape
+    if strides == (1, 1) and c <= MAX_FEW_CHANNELS and kh * kw * c >= MIN_FEW_CHANNEL_FIELD:
+        dx = onednn.few_channel_input_gradient(g, w, x.shape, padding)
+    else:
+        dx = onednn.input_gradient(g, w, x.shape, strides, padding)
+    return dx, onednn.kernel_gradient(x, g, w.shape, strides, padding)
 
 
 _conv_onednn.defvjp(_onednn_fwd, _onednn_bwd)

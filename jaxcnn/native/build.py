@@ -35,7 +35,8 @@ import jaxlib
 
 HERE = pathlib.Path(__file__).parent
 SOURCES = (HERE / "onednn_conv.cc", HERE / "onednn_matmul.cc", HERE / "onednn_batch_norm.cc",
-           HERE / "bias_relu_max_pool.cc", HERE / "batch_norm_relu.cc")
+           HERE / "bias_relu_max_pool.cc", HERE / "batch_norm_relu.cc",
+           HERE / "few_channel_input_gradient.cc")
 # Read by every source; part of the build key.
 HEADERS = (HERE / "onednn_bridge.h",)
 ENV_SWITCH = "JAXCNN_NATIVE_CONV"
@@ -52,7 +53,8 @@ TARGETS = {"jaxcnn_conv_forward": "JaxcnnConvForward",
            "jaxcnn_batch_norm_relu_forward": "JaxcnnBatchNormReluForward",
            "jaxcnn_batch_norm_add_relu_forward": "JaxcnnBatchNormAddReluForward",
            "jaxcnn_batch_norm_relu_backward": "JaxcnnBatchNormReluBackward",
-           "jaxcnn_batch_norm_add_relu_backward": "JaxcnnBatchNormAddReluBackward"}
+           "jaxcnn_batch_norm_add_relu_backward": "JaxcnnBatchNormAddReluBackward",
+           "jaxcnn_few_channel_input_gradient": "JaxcnnFewChannelInputGradient"}
 INSTALL_HINT = ("pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0 "
                 "(or set $JAXCNN_ONEDNN_ROOT to a oneDNN 3 install with include/ and lib/)")
 
@@ -159,5 +161,6 @@ def native_status() -> NativeStatus:
                       f"(README, Performance): {err}", RuntimeWarning, stacklevel=2)
         return NativeStatus(False, str(err))
     return NativeStatus(True, f"oneDNN convolutions, matmuls and batch normalization, and the "
-                              f"bias-ReLU-max-pool and batch-norm-ReLU kernels, from {library}",
+                              f"bias-ReLU-max-pool, batch-norm-ReLU and few-channel input "
+                              f"gradient kernels, from {library}",
                         library)

@@ -3,7 +3,9 @@
 Each is one XLA FFI call into ``onednn_conv.cc`` (loaded by :mod:`jaxcnn.native.build`);
 ``jax.vmap`` over them stacks the slices in front (``vmap_method="expand_dims"``), which the
 C++ side loops over. ``padding`` is ``((top, bottom), (left, right))``. They are the pieces
-``jaxcnn.models.conv`` assembles into a differentiable convolution; call them only where
+``jaxcnn.models.conv`` assembles into a differentiable convolution, with
+:func:`few_channel_input_gradient` (jaxcnn's own kernel) in place of oneDNN's input gradient
+for layers with few input channels; call them only where
 :func:`jaxcnn.native.native_status` says the library is available.
 """
 from __future__ import annotations
@@ -41,3 +43,12 @@ def input_gradient(g, w, x_shape, strides, padding):
 def kernel_gradient(x, g, kernel_shape, strides, padding):
     """d(loss)/d(w) from the input ``x`` and the output gradient ``g``."""
     return _call("jaxcnn_conv_kernel_gradient", x, g, kernel_shape, strides, padding)
+
+
+def few_channel_input_gradient(g, w, x_shape, padding):
+    """d(loss)/d(x) of a stride-1 convolution by jaxcnn's own kernel
+    (``few_channel_input_gradient.cc``: col2im of ``g`` times the kernel), for layers with
+    few input channels, from the output gradient ``g``, the kernel and ``x``'s shape."""
+    out = jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32)
+    return jax.ffi.ffi_call("jaxcnn_few_channel_input_gradient", out, vmap_method="sequential")(
+        g, w, top=np.int64(padding[0][0]), left=np.int64(padding[1][0]))

@@ -1,0 +1,141 @@
+// The input gradient of a stride-1 convolution with few input channels (LeNet-5's C3: 6),
+// as col2im(g @ W^T): for each output position, the gradient with respect to its whole
+// receptive field (kh * kw * C values) is the output gradient's O values times the kernel,
+// and each row of the field is added into the input gradient where it lies (contiguous:
+// kw * C floats of one input row). Not oneDNN: plain loops under the bridge's lock and OpenMP
+// threads (onednn_bridge.h), one image per thread at a time.
+//
+// Why: oneDNN computes this gradient as a convolution over the zero-padded output gradient
+// that writes C channels, a poor fit for vectors of 16 floats, and multiplies the padding's
+// zeros too: LeNet-5's C3 at batch 128 took it 1.5 ms for 31M useful multiply-adds, 0.85-1.2
+// ms here (jaxcnn/models/conv.py says where each is used). Here each multiply-add is a
+// vector FMA of 16 field values (the kernel's row for one output channel) by one broadcast
+// output-gradient value, several vectors at once in registers.
+//
+// Operands: g N x OH x OW x O, w KH x KW x C x O, the result N x H x W x C, float32, with
+// the forward pass's top and left padding (bottom and right follow from the shapes); no
+// leading vmap dimensions (the Python side, jaxcnn/native/conv.py, maps such calls
+// sequentially). Sums run in float, over output channels in order, then over the field
+// rows that overlap an input position in order of the output position.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include <omp.h>
+
+#include "onednn_bridge.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using jaxcnn_onednn::Dims;
+
+// GCC's vector extension: one AVX-512 register, two AVX2 ones.
+typedef float Vec __attribute__((vector_size(64), aligned(4), may_alias));
+constexpr int64_t kWidth = 16;
+// At most this many vectors of the field are computed together, in registers across the
+// output channels (independent chains of multiply-adds that overlap).
+constexpr int64_t kGroup = 8;
+
+struct Geometry {
+  int64_t n, h, w, c, kh, kw, o, oh, ow, top, left;
+  int64_t field() const { return kh * kw * c; }
+  int64_t vectors() const { return (field() + kWidth - 1) / kWidth; }
+  int64_t padded() const { return vectors() * kWidth; }
+};
+
+ffi::ErrorOr<Geometry> geometry(Dims g, Dims w, Dims x, int64_t top, int64_t left) {
+  if (g.size() != 4 || w.size() != 4 || x.size() != 4 || g[0] != x[0] || w[2] != x[3] ||
+      w[3] != g[3] || top < 0 || left < 0 || g[1] + w[0] - 1 < top + x[1] ||
+      g[2] + w[1] - 1 < left + x[2])
+    return ffi::Error::InvalidArgument(
+        "few_channel_input_gradient takes an NHWC output gradient, an HWIO kernel and the "
+        "NHWC input's shape of a stride-1 convolution with non-negative padding");
+  return Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], g[1], g[2], top, left};
+}
+
+// field[e] for the G vectors from lane b on: the sum over output channels q of grad[q] *
+// kernel[q][e].
+template <int64_t G>
+__attribute__((always_inline)) inline void field_vectors(const Geometry& g, int64_t b,
+                                                         const float* __restrict grad,
+                                                         const float* __restrict kernel,
+                                                         float* __restrict field) {
+  Vec acc[G] = {};
+  for (int64_t q = 0; q < g.o; ++q) {
+    const float* row = kernel + q * g.padded() + b;
+    const float s = grad[q];
+    for (int64_t v = 0; v < G; ++v) acc[v] += s * *reinterpret_cast<const Vec*>(row + v * kWidth);
+  }
+  for (int64_t v = 0; v < G; ++v) *reinterpret_cast<Vec*>(field + b + v * kWidth) = acc[v];
+}
+
+// field[e] = sum over output channels q of grad[q] * kernel[q][e], e < padded(): groups of
+// 8, 4, 2 and 1 vectors.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void field_gradient(const Geometry& g, const float* __restrict grad,
+                    const float* __restrict kernel, float* __restrict field) {
+  int64_t b = 0;
+  const int64_t padded = g.padded();
+  for (; b + 8 * kWidth <= padded; b += 8 * kWidth) field_vectors<8>(g, b, grad, kernel, field);
+  if (b + 4 * kWidth <= padded) field_vectors<4>(g, b, grad, kernel, field), b += 4 * kWidth;
+  if (b + 2 * kWidth <= padded) field_vectors<2>(g, b, grad, kernel, field), b += 2 * kWidth;
+  if (b < padded) field_vectors<1>(g, b, grad, kernel, field);
+}
+
+// Adds an output position's field gradient into the image's input gradient.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void add_field(const Geometry& g, int64_t y, int64_t x, const float* __restrict field,
+               float* __restrict image) {
+  const int64_t first = std::max<int64_t>(0, g.left - x);          // kernel columns
+  const int64_t last = std::min<int64_t>(g.kw, g.w + g.left - x);  // inside the image
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t row = y + i - g.top;
+    if (row < 0 || row >= g.h || first >= last) continue;
+    float* __restrict out = image + (row * g.w + x + first - g.left) * g.c;
+    const float* __restrict in = field + (i * g.kw + first) * g.c;
+    for (int64_t e = 0; e < (last - first) * g.c; ++e) out[e] += in[e];
+  }
+}
+
+ffi::Error InputGradient(ffi::Buffer<ffi::F32> grad, ffi::Buffer<ffi::F32> w,
+                         ffi::ResultBuffer<ffi::F32> dx, int64_t top, int64_t left) {
+  auto geo = geometry(grad.dimensions(), w.dimensions(), dx->dimensions(), top, left);
+  if (geo.has_error()) return geo.error();
+  const Geometry g = *geo;
+  return jaxcnn_onednn::locked("few_channel_input_gradient (jaxcnn's kernel)", [&] {
+    // kernel[q][e]: output channel q's weights over the field (HWI order), zeros past it
+    const int64_t padded = g.padded();
+    std::vector<float> kernel(g.o * padded, 0.f);
+    for (int64_t e = 0; e < g.field(); ++e)
+      for (int64_t q = 0; q < g.o; ++q) kernel[q * padded + e] = w.typed_data()[e * g.o + q];
+    jaxcnn_onednn::Failure failure;
+#pragma omp parallel
+    failure.guard([&] {
+      std::vector<float> field(padded);
+#pragma omp for schedule(static) nowait
+      for (int64_t n = 0; n < g.n; ++n) {
+        float* image = dx->typed_data() + n * g.h * g.w * g.c;
+        std::fill(image, image + g.h * g.w * g.c, 0.f);
+        for (int64_t y = 0; y < g.oh; ++y)
+          for (int64_t x = 0; x < g.ow; ++x) {
+            field_gradient(g, grad.typed_data() + ((n * g.oh + y) * g.ow + x) * g.o,
+                           kernel.data(), field.data());
+            add_field(g, y, x, field.data(), image);
+          }
+      }
+    });
+    failure.rethrow();
+  });
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnFewChannelInputGradient, InputGradient,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("top")
+                                  .Attr<int64_t>("left"));
