@@ -129,6 +129,9 @@ def test_cpu_convolutions_with_enough_work_call_onednn_unless_told_not_to(monkey
     # below MIN_ONEDNN_MACS (LeNet-5's C3 at batch 24: 5.8M), XLA's routes
     assert conv_module.MIN_ONEDNN_MACS > 24 * 10 * 10 * 5 * 5 * 6 * 16
     assert "jaxcnn_conv" not in hlo(loss, jnp.ones((24, 14, 14, 6)), jnp.ones((5, 5, 6, 16)))
+    # ... except its input gradient, jaxcnn's few-channel kernel at any batch
+    text = hlo(jax.grad(loss, (0, 1)), jnp.ones((24, 14, 14, 6)), jnp.ones((5, 5, 6, 16)))
+    assert "jaxcnn_few_channel_input_gradient" in text and "jaxcnn_conv" not in text
     # at batch 128 its input gradient is jaxcnn's few-channel kernel; resnet20's stays oneDNN's
     text = hlo(jax.grad(loss, (0, 1)), jnp.ones((128, 14, 14, 6)), jnp.ones((5, 5, 6, 16)))
     assert "jaxcnn_few_channel_input_gradient" in text

@@ -82,12 +82,14 @@ MAX_SHIFTED_TERMS = 32
 # :func:`input_gradient_by_matmul` (XLA:CPU's convolution that writes so few channels runs at
 # about the same speed as one that writes 16).
 MAX_MATMUL_GRADIENT_CHANNELS = 12
-# With oneDNN, the input gradient of a stride-1 layer with at most this many input channels
-# and a receptive field (kh*kw*C_in) of at least this many values is jaxcnn's col2im kernel
-# (``few_channel_input_gradient.cc``), not oneDNN's: at batch 128, 14x14 -> 10x10 maps, 5x5
-# kernels to 16 channels, 1.5 -> 0.85-1.2 ms with 6 input channels (LeNet-5's C3), 1.5 -> 1.0
-# with 4, 1.6 -> 1.3 with 8, even with 12; 3x3 layers with 8 or 12 were slower (3.7 -> 5.5
-# and 3.8 -> 6.8 ms on 32x32 maps).
+# Where the native library is in use, the input gradient of a stride-1 layer with at most
+# this many input channels and a receptive field (kh*kw*C_in) of at least this many values
+# is jaxcnn's col2im kernel (``few_channel_input_gradient.cc``), not oneDNN's: at batch 128,
+# 14x14 -> 10x10 maps, 5x5 kernels to 16 channels, 1.5 -> 0.85-1.2 ms with 6 input channels
+# (LeNet-5's C3), 1.5 -> 1.0 with 4, 1.6 -> 1.3 with 8, even with 12; 3x3 layers with 8 or
+# 12 were slower (3.7 -> 5.5 and 3.8 -> 6.8 ms on 32x32 maps). Below oneDNN's threshold too,
+# in place of :func:`input_gradient_by_matmul`: LeNet-5 at batch 24, whole steps alternating
+# in one process, 1.35 and 1.18x (medians; paired 1.29 and 1.20).
 MAX_FEW_CHANNELS = 8
 MIN_FEW_CHANNEL_FIELD = 96
 
@@ -251,9 +253,18 @@ def _matmul_input_gradient(g_shape, w_shape, strides) -> bool:
             and n * oh * ow * kh * kw * c <= MAX_BATCH_PATCH_ELEMENTS)
 
 
+def _few_channel_kernel(w_shape, strides) -> bool:
+    """Whether the input gradient is jaxcnn's native few-channel kernel (where the library
+    is in use; see :data:`MAX_FEW_CHANNELS`)."""
+    kh, kw, c, _ = w_shape
+    return strides == (1, 1) and c <= MAX_FEW_CHANNELS and kh * kw * c >= MIN_FEW_CHANNEL_FIELD
+
+
 def _backward(strides, padding, residuals, g):
     x, w = residuals
-    if _matmul_input_gradient(g.shape, w.shape, strides):
+    if _few_channel_kernel(w.shape, strides) and onednn_allowed():
+        dx = onednn.few_channel_input_gradient(g, w, x.shape, padding)
+    elif _matmul_input_gradient(g.shape, w.shape, strides):
         dx = input_gradient_by_matmul(g, w, x.shape, padding)
     else:
         (dx,) = jax.linear_transpose(lambda v: _plain(v, w, strides, padding), x)(g)
@@ -277,8 +288,7 @@ def _onednn_fwd(x, w, strides, padding):
 
 def _onednn_bwd(strides, padding, residuals, g):
     x, w = residuals
-    kh, kw, c, _ = w.shape
-    if strides == (1, 1) and c <= MAX_FEW_CHANNELS and kh * kw * c >= MIN_FEW_CHANNEL_FIELD:
+    if _few_channel_kernel(w.shape, strides):
         dx = onednn.few_channel_input_gradient(g, w, x.shape, padding)
     else:
         dx = onednn.input_gradient(g, w, x.shape, strides, padding)
