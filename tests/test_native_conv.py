@@ -55,6 +55,8 @@ def test_forward_and_both_gradients_on_a_hand_computed_example():
     ((8, 32, 32, 16), (3, 3, 16, 16), (1, 1), SAME_1),          # resnet20's first stage
     ((4, 26, 26, 32), (3, 3, 32, 64), (1, 1), ((0, 0), (0, 0))),  # the lecture CNN's second
     ((2, 64, 64, 3), (7, 7, 3, 64), (2, 2), ((3, 3), (3, 3))),  # ResNet's stem
+    ((4, 32, 32, 16), (3, 3, 16, 32), (2, 2), ((0, 1), (0, 1))),  # resnet20's 16 -> 32
+    ((2, 16, 16, 64), (1, 1, 64, 128), (2, 2), ((0, 0), (0, 0))),  # a 1x1 projection
     ((3, 7, 9, 5), (2, 4, 5, 3), (2, 3), ((0, 1), (2, 0))),     # uneven everything
 ])
 def test_larger_layers_match_xla_to_float32_rounding(x_shape, w_shape, strides, padding):
@@ -182,3 +184,23 @@ def test_the_switch_turns_it_off(monkeypatch):
         monkeypatch.delenv(build.ENV_SWITCH)
         build.native_status.cache_clear()
         assert build.native_status().available  # loads the cached library again
+
+
+@pytest.mark.parametrize("x_shape,w_shape,strides,padding", [
+    ((128, 32, 32, 16), (3, 3, 16, 32), (2, 2), ((0, 1), (0, 1))),  # strided
+    ((128, 16, 16, 256), (1, 1, 256, 128), (2, 2), ((0, 0), (0, 0))),  # strided 1x1
+    ((128, 32, 32, 16), (3, 3, 16, 16), (1, 1), SAME_1),  # <= 32 channels
+])
+def test_input_gradients_of_strided_and_narrow_layers_take_the_direct_jit_kernel(
+        x_shape, w_shape, strides, padding):
+    # onednn_conv.cc passes over oneDNN's brgemm-based first choices there (slower here).
+    name = onednn.implementation("input_gradient", x_shape, w_shape, strides, padding)
+    assert name.startswith("jit"), name
+
+
+def test_implementation_names_bad_requests():
+    with pytest.raises(ValueError, match="pass_name must be one of"):
+        onednn.implementation("backward", (1, 8, 8, 3), (3, 3, 3, 4), (1, 1), SAME_1)
+    with pytest.raises(ValueError, match="oneDNN has no input_gradient for x"):
+        onednn.implementation("input_gradient", (1, 4, 4, 3), (9, 9, 3, 3), (1, 1),
+                              ((0, 0), (0, 0)))

@@ -10,6 +10,8 @@ for layers with few input channels; call them only where
 """
 from __future__ import annotations
 
+import ctypes
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,3 +54,32 @@ def few_channel_input_gradient(g, w, x_shape, padding):
     out = jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32)
     return jax.ffi.ffi_call("jaxcnn_few_channel_input_gradient", out, vmap_method="sequential")(
         g, w, top=np.int64(padding[0][0]), left=np.int64(padding[1][0]))
+
+
+_PASSES = {"forward": b"f", "input_gradient": b"x", "kernel_gradient": b"w"}
+
+
+def implementation(pass_name: str, x_shape, kernel_shape, strides, padding) -> str:
+    """The oneDNN implementation that runs ``pass_name`` (``"forward"``, ``"input_gradient"``
+    or ``"kernel_gradient"``) of this convolution, as oneDNN names it (``"jit:avx512_core"``,
+    ``"brgconv:avx512_core"``, ...): which kernel a layer gets on this machine, including
+    ``onednn_conv.cc``'s own choice for input gradients. ``padding`` as in :func:`forward`."""
+    from jaxcnn.native.build import native_status
+
+    if pass_name not in _PASSES:
+        raise ValueError(f"pass_name must be one of {sorted(_PASSES)}, not {pass_name!r}")
+    status = native_status()
+    if not status.available:
+        raise RuntimeError(f"jaxcnn's oneDNN library is not available: {status.reason}")
+    n, h, w, c = x_shape
+    kh, kw, _, o = kernel_shape
+    _, oh, ow, _ = output_shape(x_shape, kernel_shape, strides, padding)
+    sizes = (ctypes.c_int64 * 15)(n, h, w, c, kh, kw, o, oh, ow, *strides,
+                                  *(p for pair in padding for p in pair))
+    name = ctypes.create_string_buffer(512)
+    query = ctypes.CDLL(str(status.library)).jaxcnn_conv_implementation
+    if query(ctypes.c_char(_PASSES[pass_name]), sizes, name, len(name)) != 0:
+        raise ValueError(f"oneDNN has no {pass_name} for x {tuple(x_shape)}, kernel "
+                         f"{tuple(kernel_shape)}, strides {strides}, padding {padding}: "
+                         f"{name.value.decode()}")
+    return name.value.decode()

@@ -11,6 +11,7 @@
 // is in onednn_bridge.h); the Python side is jaxcnn/native/conv.py.
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "onednn_bridge.h"
@@ -56,12 +57,55 @@ dnnl::convolution_forward::primitive_desc forward_desc(const Geometry& g) {
           g.pad_before(), g.pad_after(), user_scratchpad()};
 }
 
-// The input-gradient or kernel-gradient descriptor (Desc), hinted by the forward pass.
+// The input-gradient or kernel-gradient descriptor (Desc), hinted by the forward pass
+// `hint`, which must outlive any next_impl() on the result (oneDNN keeps a pointer to it).
 template <typename Desc>
-Desc backward_desc(const Geometry& g) {
+Desc backward_desc(const Geometry& g,
+                   const dnnl::convolution_forward::primitive_desc& hint) {
   return {cpu_engine(), dnnl::algorithm::convolution_direct, g.image(),
           g.kernel(memory::format_tag::any), g.output(), g.strides(), g.pad_before(),
-          g.pad_after(), forward_desc(g), user_scratchpad()};
+          g.pad_after(), hint, user_scratchpad()};
+}
+
+template <typename Desc>
+Desc backward_desc(const Geometry& g) {
+  return backward_desc<Desc>(g, forward_desc(g));
+}
+
+// Layers whose input gradient oneDNN's direct JIT kernel computes faster than its first
+// choice, the brgemm-based ones: every strided layer (oneDNN 3's "brgconv_strided" took 1.4-5x
+// as long: resnet20's 16 -> 32 3x3 stride-2 layer at batch 128, 3.8 against 1.7 ms) and
+// layers of at most kDirectInputGradientChannels input channels (0.79-0.98x the time: 16
+// channels, 3.7 against 3.1 ms; LeNet-style 20 -> 40 5x5, 3.1 against 2.4 ms). From 48
+// channels on, stride 1, the brgemm kernels are as fast or faster, so they stay.
+constexpr int64_t kDirectInputGradientChannels = 32;
+
+// $JAXCNN_ONEDNN_FIRST_CHOICE=1 keeps oneDNN's first choice everywhere (for
+// benchmarks/input_gradient_kernels.py, which measures what the choice below is worth).
+bool direct_input_gradient_is_faster(const Geometry& g) {
+  const char* first_choice = std::getenv("JAXCNN_ONEDNN_FIRST_CHOICE");
+  if (first_choice != nullptr && std::string(first_choice) == "1") return false;
+  return g.sh > 1 || g.sw > 1 || g.c <= kDirectInputGradientChannels;
+}
+
+std::string isa_of(const std::string& implementation) {
+  return implementation.substr(implementation.rfind(':') + 1);
+}
+
+// The input-gradient descriptor: oneDNN's first choice, or where
+// direct_input_gradient_is_faster, its first direct JIT kernel ("jit:" or "jit_1x1:") for the
+// same instruction set as that first choice, if it has one.
+dnnl::convolution_backward_data::primitive_desc input_gradient_desc(const Geometry& g) {
+  using Desc = dnnl::convolution_backward_data::primitive_desc;
+  const auto hint = forward_desc(g);
+  Desc desc = backward_desc<Desc>(g, hint);
+  const std::string first = desc.impl_info_str();
+  if (!direct_input_gradient_is_faster(g) || first.rfind("jit", 0) == 0) return desc;
+  while (desc.next_impl()) {
+    const std::string name = desc.impl_info_str();
+    if (name.rfind("jit", 0) == 0 && isa_of(name) == isa_of(first)) return desc;
+  }
+  return backward_desc<Desc>(g, hint);  // (the handle above has moved past the first choice)
 }
 
 memory in_layout(dnnl::stream& stream, const memory::desc& plain_desc,
@@ -112,7 +156,7 @@ ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
   Geometry g = geometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, pads);
   return locked("convolution", [&] {
     const Prepared& p = prepared(g.key('x'), [&] {
-      auto desc = backward_desc<dnnl::convolution_backward_data::primitive_desc>(g);
+      auto desc = input_gradient_desc(g);
       return prepare<dnnl::convolution_backward_data>(desc, desc.weights_desc());
     });
     run_with_kernel(p, *s, g, DNNL_ARG_DIFF_DST, g.output(), dy.typed_data(), w.typed_data(),
@@ -147,6 +191,31 @@ ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 }
 
 }  // namespace
+
+// The name of the oneDNN implementation (its impl_info_str) that runs the convolution pass
+// `kind` ('f' forward, 'x' input gradient, 'w' kernel gradient) of the geometry `sizes` (n,
+// h, w, c, kh, kw, o, oh, ow, stride h, stride w, pad top, bottom, left, right), written to
+// `name` (`capacity` bytes, NUL-terminated); 0 on success, else -1 with oneDNN's message
+// there. For jaxcnn/native/conv.py's implementation(); it creates no primitive.
+extern "C" int jaxcnn_conv_implementation(char kind, const int64_t* sizes, char* name,
+                                          int capacity) {
+  const int64_t* z = sizes;
+  Geometry g{z[0], z[1], z[2], z[3], z[4], z[5], z[6], z[7], z[8],
+             z[9], z[10], z[11], z[12], z[13], z[14]};
+  std::string text;
+  int status = 0;
+  try {
+    if (kind == 'f') text = forward_desc(g).impl_info_str();
+    else if (kind == 'x') text = input_gradient_desc(g).impl_info_str();
+    else if (kind == 'w')
+      text = backward_desc<dnnl::convolution_backward_weights::primitive_desc>(g).impl_info_str();
+    else text = std::string("unknown pass '") + kind + "'", status = -1;
+  } catch (const std::exception& err) {
+    text = err.what(), status = -1;
+  }
+  std::snprintf(name, size_t(capacity), "%s", text.c_str());
+  return status;
+}
 
 #define JAXCNN_CONV_BINDING                              \
   ffi::Ffi::Bind()                                       \
