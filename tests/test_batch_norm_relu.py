@@ -41,7 +41,8 @@ def test_forward_and_backward_on_a_hand_computed_example():
     np.testing.assert_allclose(variance, [3.5], rtol=1e-6)
     np.testing.assert_allclose(y.ravel(), np.maximum(z, 0.0), rtol=1e-5, atol=1e-6)
     dy = jnp.ones_like(x)
-    dx, dscale, dshift, dres = native.relu_backward(x, y, dy, mean, variance, scale, EPS, True)
+    dx, dscale, dshift, dres = native.relu_backward(x, y, dy, mean, variance, scale, shift,
+                                                    EPS, True)
     g = (z > 0).astype(np.float64)  # only the last element passes ReLU
     np.testing.assert_allclose(dres.ravel(), g)
     np.testing.assert_allclose(dshift, [g.sum()], rtol=1e-6)
@@ -51,7 +52,7 @@ def test_forward_and_backward_on_a_hand_computed_example():
     # no residual: relu(bn(x)) keeps the last two elements, 2 * xhat + 0.5 > 0
     y, _, _ = native.relu_forward(x, scale, shift, EPS)
     np.testing.assert_allclose(y.ravel(), np.maximum(2.0 * xhat + 0.5, 0.0), rtol=1e-5)
-    assert len(native.relu_backward(x, y, dy, mean, variance, scale, EPS, False)) == 3
+    assert len(native.relu_backward(x, y, dy, mean, variance, scale, shift, EPS, False)) == 3
 
 
 def _compare_with_float64(shape, with_residual: bool, seed: int = 0):
@@ -64,7 +65,8 @@ def _compare_with_float64(shape, with_residual: bool, seed: int = 0):
     r = rng.normal(size=shape).astype(np.float32) if with_residual else None
     dy = rng.normal(size=shape).astype(np.float32)
     y, mean, variance = native.relu_forward(x, scale, shift, EPS, r)
-    grads = native.relu_backward(x, y, dy, mean, variance, scale, EPS, with_residual)
+    grads = native.relu_backward(x, y, dy, mean, variance, scale, shift, EPS,
+                                with_residual)
     x64 = x.astype(np.float64)
     mu, var = x64.mean(axis=(0, 1, 2)), x64.var(axis=(0, 1, 2))
     xhat = (x64 - mu) / np.sqrt(var + EPS)
@@ -89,6 +91,29 @@ def _compare_with_float64(shape, with_residual: bool, seed: int = 0):
 @pytest.mark.parametrize("with_residual", [True, False])
 def test_the_kernel_matches_float64_for_any_channel_count(shape, with_residual):
     _compare_with_float64(shape, with_residual)
+
+
+def test_without_a_residual_the_recomputed_mask_is_the_forward_outputs_bit_for_bit():
+    # The plain backward pass recomputes where y > 0 from x; the residual one reads y. With a
+    # zero residual both forward passes give the same y, so the gradients must agree in every
+    # bit, here with many outputs at or next to 0 (x on a coarse grid; shift -> bn(x) = 0).
+    rng = np.random.default_rng(5)
+    shape = (6, 11, 13, 40)
+    x = (rng.integers(-4, 5, size=shape) * 0.25).astype(np.float32)
+    scale = rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32)
+    mean0 = x.mean(axis=(0, 1, 2))
+    shift = (-(0.25 - mean0) * scale / np.sqrt(x.var(axis=(0, 1, 2)) + EPS)).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    zero = np.zeros(shape, np.float32)
+    y, mean, variance = native.relu_forward(x, scale, shift, EPS)
+    y_r, _, _ = native.relu_forward(x, scale, shift, EPS, zero)
+    np.testing.assert_array_equal(y, y_r)
+    edge = np.asarray(y)[x == 0.25]  # bn(x) within rounding of 0: about half pass ReLU
+    assert (edge > 0).sum() > 100 and (edge == 0).sum() > 100
+    plain = native.relu_backward(x, y, dy, mean, variance, scale, shift, EPS, False)
+    with_residual = native.relu_backward(x, y, dy, mean, variance, scale, shift, EPS, True)
+    for ours, theirs in zip(plain, with_residual[:3]):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_three_openmp_threads_split_the_rows_as_well():
@@ -228,10 +253,10 @@ def test_nan_reaches_the_output_as_in_flax_and_runs_are_bitwise_repeatable():
     y, mean, variance = native.relu_forward(x, p["scale"], p["bias"], EPS)
     off, on = np.argwhere(np.asarray(y) == 0)[0], np.argwhere(np.asarray(y) > 0)[0]
     dx = native.relu_backward(x, y, dy.at[tuple(off)].set(jnp.nan), mean, variance,
-                              p["scale"], EPS, False)[0]
+                              p["scale"], p["bias"], EPS, False)[0]
     assert not bool(jnp.any(jnp.isnan(dx)))
     dx = native.relu_backward(x, y, dy.at[tuple(on)].set(jnp.nan), mean, variance,
-                              p["scale"], EPS, False)[0]
+                              p["scale"], p["bias"], EPS, False)[0]
     assert bool(jnp.all(jnp.isnan(dx[..., on[3]])))
 
 

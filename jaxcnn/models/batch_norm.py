@@ -79,11 +79,11 @@ def _native_tail(with_residual: bool):
 
     def forward(epsilon, x, scale, bias, *residual):
         y, mean, variance = onednn.relu_forward(x, scale, bias, epsilon, *residual)
-        return (y, mean, variance), (x, y, mean, variance, scale)
+        return (y, mean, variance), (x, y, mean, variance, scale, bias)
 
     def backward(epsilon, residuals, cotangents):
-        x, y, mean, variance, scale = residuals
-        return onednn.relu_backward(x, y, cotangents[0], mean, variance, scale, epsilon,
+        x, y, mean, variance, scale, bias = residuals
+        return onednn.relu_backward(x, y, cotangents[0], mean, variance, scale, bias, epsilon,
                                     with_residual)
 
     tail.defvjp(forward, backward)

@@ -59,14 +59,17 @@ def relu_forward(x, scale, shift, epsilon: float, residual=None):
         *args, epsilon=np.float32(epsilon))
 
 
-def relu_backward(x, y, dy, mean, variance, scale, epsilon: float, residual: bool):
-    """The gradients of :func:`relu_forward` from the output ``y`` and its gradient ``dy``:
-    ``(dx, dscale, dshift)``, and the residual's (``dy`` where ``y > 0``) last when
-    ``residual``."""
-    _check(x, mean, variance, scale)
+def relu_backward(x, y, dy, mean, variance, scale, shift, epsilon: float, residual: bool):
+    """The gradients of :func:`relu_forward` from its output ``y`` and the output's gradient
+    ``dy``: ``(dx, dscale, dshift)``, and the residual's (``dy`` where ``y > 0``) last when
+    ``residual``. Without a residual, the kernel recomputes where ``y > 0`` from ``x`` and
+    ``shift`` (bit for bit as the forward pass did), reading one array less; ``y`` is then
+    not passed to it."""
+    _check(x, mean, variance, scale, shift)
     channels = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
     activation = jax.ShapeDtypeStruct(x.shape, jnp.float32)
     out = (activation, channels, channels) + ((activation,) if residual else ())
-    target = f"jaxcnn_batch_norm_{'add_' if residual else ''}relu_backward"
+    target, args = ("jaxcnn_batch_norm_add_relu_backward", (x, y, dy, mean, variance, scale)) \
+        if residual else ("jaxcnn_batch_norm_relu_backward", (x, dy, mean, variance, scale, shift))
     return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
-        x, y, dy, mean, variance, scale, epsilon=np.float32(epsilon))
+        *args, epsilon=np.float32(epsilon))

@@ -7,8 +7,8 @@
 // Why: with oneDNN's batch normalization, XLA:CPU adds the residual and applies ReLU in
 // separate loop fusions forward and masks the gradient in others backward (resnet20 at batch
 // 128: about 21 ms of its step, as long as all its oneDNN batch normalization calls); here
-// the forward pass reads x twice (statistics, then output) and the backward pass reads x, y
-// and dy twice (sums, then gradients), with nothing in between.
+// the forward pass reads x twice (statistics, then output) and the backward pass reads x, dy
+// and (after a residual) y twice (sums, then gradients), with nothing in between.
 //
 // Numerics: the statistics are the sums of x and of x^2 (one pass; the variance is
 // E[x^2] - E[x]^2, clipped at 0, as Flax computes it), in float over blocks of kBlockRows
@@ -16,8 +16,11 @@
 // number of OpenMP threads give the same bits; the output is
 // (x - mean) * (scale / sqrt(var + eps)) + shift [+ r], then relu, which propagates NaN as
 // jnp.maximum does. The gradient flows where y > 0 (relu's gradient at 0 is 0, and at NaN
-// nothing flows, as jax.nn.relu's). Plain loops, vectorized by the compiler (one clone per
-// instruction set), under the bridge's lock with OpenMP threads (onednn_bridge.h).
+// nothing flows, as jax.nn.relu's); without a residual, where bn(x) > 0, recomputed with the
+// forward pass's very operations (one input stream less: resnet20's first-stage layer alone,
+// 1.34-1.60 -> 0.97-1.23 ms; whole resnet20 steps paired 1.014x). Plain loops, vectorized by
+// the compiler (one clone per instruction set), under the bridge's lock with OpenMP threads
+// (onednn_bridge.h).
 //
 // Operands are NHWC float32 with one scale and shift per channel; jax.vmap maps calls one
 // slice at a time (the Python side, jaxcnn/native/batch_norm.py).
@@ -94,8 +97,20 @@ void add_moments(const float* __restrict x, int64_t n, int64_t c, double* sum,
   });
 }
 
-// y = relu((x - mean) * factor + shift [+ res]), the residual where `res` is not null; the
-// per-channel vectors repeated to lane_width(c).
+// scale / sqrt(variance + epsilon), the same float in both passes (from the float variance
+// the forward pass returns), so that the backward pass can recompute bn(x) bit for bit.
+float normalizing_factor(float scale, float variance, float epsilon) {
+  return float(double(scale) / std::sqrt(double(variance) + double(epsilon)));
+}
+
+// bn(x) for one element, written once for both passes: the library is built with
+// -std=c++17, which leaves a * b + c uncontracted, so the two compute the same bits.
+inline float normalized(float x, float mean, float factor, float shift) {
+  return (x - mean) * factor + shift;
+}
+
+// y = relu(bn(x) [+ res]), the residual where `res` is not null; the per-channel vectors
+// repeated to lane_width(c).
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void normalize_relu(const float* __restrict x, const float* __restrict res, int64_t n,
                     int64_t c, const float* __restrict mean, const float* __restrict factor,
@@ -105,51 +120,90 @@ void normalize_relu(const float* __restrict x, const float* __restrict res, int6
     const int64_t len = std::min(width, n - e);
     if (res == nullptr) {
       for (int64_t j = 0; j < len; ++j)
-        y[e + j] = relu((x[e + j] - mean[j]) * factor[j] + shift[j]);
+        y[e + j] = relu(normalized(x[e + j], mean[j], factor[j], shift[j]));
     } else {
       for (int64_t j = 0; j < len; ++j)
-        y[e + j] = relu((x[e + j] - mean[j]) * factor[j] + shift[j] + res[e + j]);
+        y[e + j] = relu(normalized(x[e + j], mean[j], factor[j], shift[j]) + res[e + j]);
     }
   }
 }
 
-// Sums of relu's gradient g (dy where y > 0) and of g * (x - mean) per channel; `mean`
+// Where ReLU let the gradient through (y > 0; never at NaN): read from the output y (after a
+// residual), or, without one, recomputed from x as bn(x) > 0, which spares the backward
+// pass one of its three input streams (x, y, dy; resnet20's first stage: 8 MB a pass).
+struct PositiveOutput {
+  const float* __restrict y;
+  bool operator()(int64_t e, int64_t, float) const { return y[e] > 0.0f; }
+};
+struct PositiveNormalized {
+  const float* __restrict mean;
+  const float* __restrict factor;
+  const float* __restrict shift;
+  bool operator()(int64_t, int64_t j, float x) const {
+    return normalized(x, mean[j], factor[j], shift[j]) > 0.0f;
+  }
+};
+
+// Sums of relu's gradient g (dy where `positive`) and of g * (x - mean) per channel; `mean`
 // repeated to lane_width(c).
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void add_gradient_moments(const float* __restrict x, const float* __restrict y,
-                          const float* __restrict dy, int64_t n, int64_t c,
-                          const float* __restrict mean, double* sum, double* cross) {
+template <typename Positive>
+__attribute__((always_inline)) inline void gradient_moments(
+    const float* __restrict x, Positive positive, const float* __restrict dy, int64_t n,
+    int64_t c, const float* __restrict mean, double* sum, double* cross) {
   add_lane_sums(n, c, sum, cross, [&](int64_t e, int64_t len, float* __restrict a,
                                       float* __restrict b) {
     for (int64_t j = 0; j < len; ++j) {
-      const float d = dy[e + j], g = y[e + j] > 0.0f ? d : 0.0f;
+      const float v = x[e + j], g = positive(e + j, j, v) ? dy[e + j] : 0.0f;
       a[j] += g;
-      b[j] += g * (x[e + j] - mean[j]);
+      b[j] += g * (v - mean[j]);
     }
   });
 }
 
 // dx = factor * (g - k1 - (x - mean) * k2), and dr = g where `dr` is not null (the
 // residual's gradient); the per-channel vectors repeated to lane_width(c).
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void input_gradient(const float* __restrict x, const float* __restrict y,
-                    const float* __restrict dy, int64_t n, int64_t c,
-                    const float* __restrict mean, const float* __restrict factor,
-                    const float* __restrict k1, const float* __restrict k2,
-                    float* __restrict dx, float* __restrict dr) {
+template <typename Positive>
+__attribute__((always_inline)) inline void gradients(
+    const float* __restrict x, Positive positive, const float* __restrict dy, int64_t n,
+    int64_t c, const float* __restrict mean, const float* __restrict factor,
+    const float* __restrict k1, const float* __restrict k2, float* __restrict dx,
+    float* __restrict dr) {
   const int64_t width = lane_width(c);
   for (int64_t e = 0; e < n; e += width) {
     const int64_t len = std::min(width, n - e);
     for (int64_t j = 0; j < len; ++j) {
-      const float d = dy[e + j], g = y[e + j] > 0.0f ? d : 0.0f;
-      dx[e + j] = factor[j] * (g - k1[j] - (x[e + j] - mean[j]) * k2[j]);
+      const float v = x[e + j], g = positive(e + j, j, v) ? dy[e + j] : 0.0f;
+      dx[e + j] = factor[j] * (g - k1[j] - (v - mean[j]) * k2[j]);
+      if (dr != nullptr) dr[e + j] = g;
     }
-    if (dr != nullptr)
-      for (int64_t j = 0; j < len; ++j) {
-        const float d = dy[e + j];
-        dr[e + j] = y[e + j] > 0.0f ? d : 0.0f;
-      }
   }
+}
+
+// The two passes for each source of ReLU's mask, one clone per instruction set each.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void add_gradient_moments(const float* x, const float* y, const float* dy, int64_t n,
+                          int64_t c, const float* mean, double* sum, double* cross) {
+  gradient_moments(x, PositiveOutput{y}, dy, n, c, mean, sum, cross);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void add_gradient_moments(const float* x, PositiveNormalized bn, const float* dy, int64_t n,
+                          int64_t c, const float* mean, double* sum, double* cross) {
+  gradient_moments(x, bn, dy, n, c, mean, sum, cross);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void input_gradient(const float* x, const float* y, const float* dy, int64_t n, int64_t c,
+                    const float* mean, const float* factor, const float* k1, const float* k2,
+                    float* dx, float* dr) {
+  gradients(x, PositiveOutput{y}, dy, n, c, mean, factor, k1, k2, dx, dr);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void input_gradient(const float* x, PositiveNormalized bn, const float* dy, int64_t n,
+                    int64_t c, const float* mean, const float* factor, const float* k1,
+                    const float* k2, float* dx, float* dr) {
+  gradients(x, bn, dy, n, c, mean, factor, k1, k2, dx, dr);
 }
 
 // Rows of `c` channels, one block of consecutive rows per OpenMP thread: `body(first, count,
@@ -210,7 +264,7 @@ ffi::Error Forward(Buffer x, Buffer scale, Buffer shift, const float* res, Resul
       const double m = sum[ch] / rows, v = std::max(square[ch] / rows - m * m, 0.0);
       mean->typed_data()[ch] = float(m);
       variance->typed_data()[ch] = float(v);
-      factor[ch] = float(scale.typed_data()[ch] / std::sqrt(v + double(epsilon)));
+      factor[ch] = normalizing_factor(scale.typed_data()[ch], float(v), epsilon);
     }
     const std::vector<float> mu = repeated(mean->typed_data(), c),
                              times = repeated(factor.data(), c),
@@ -238,55 +292,71 @@ ffi::Error ResidualForward(Buffer x, Buffer scale, Buffer shift, Buffer residual
   return Forward(x, scale, shift, residual.typed_data(), y, mean, variance, epsilon);
 }
 
-// The backward pass, writing the residual's gradient to `dr` (x's shape) unless null.
-ffi::Error Backward(Buffer x, Buffer y, Buffer dy, Buffer mean, Buffer variance,
-                    Buffer scale, Result dx, Result dscale, Result dshift, float* dr,
-                    float epsilon) {
-  ffi::Error bad = check(x.dimensions(), {y.dimensions(), dy.dimensions(), dx->dimensions()},
-                         {mean.dimensions(), variance.dimensions(), scale.dimensions()});
-  if (bad.failure()) return bad;
+// The backward pass from the forward output `y` (after a residual, whose gradient goes to
+// `dr`) or, without a residual, from `shift` (y null, dr null): ReLU's mask recomputed.
+ffi::Error Backward(Buffer x, const float* y, const float* shift, Buffer dy, Buffer mean,
+                    Buffer variance, Buffer scale, Result dx, Result dscale, Result dshift,
+                    float* dr, float epsilon) {
   const int64_t rows = x.dimensions()[0] * x.dimensions()[1] * x.dimensions()[2];
   const int64_t c = x.dimensions()[3];
   return jaxcnn_onednn::locked("batch_norm_relu gradient (jaxcnn's kernel)", [&] {
-    const float *in = x.typed_data(), *out = y.typed_data(), *grad = dy.typed_data();
-    const std::vector<float> mu = repeated(mean.typed_data(), c);
+    const float *in = x.typed_data(), *grad = dy.typed_data();
+    std::vector<float> factor(c);
+    for (int64_t ch = 0; ch < c; ++ch)
+      factor[ch] = normalizing_factor(scale.typed_data()[ch], variance.typed_data()[ch],
+                                      epsilon);
+    const std::vector<float> mu = repeated(mean.typed_data(), c),
+                             times = repeated(factor.data(), c),
+                             plus = y ? std::vector<float>() : repeated(shift, c);
+    const PositiveNormalized bn{mu.data(), times.data(), plus.data()};
     std::vector<double> sum, cross;
     channel_sums(rows, c, sum, cross, [&](int64_t first, int64_t count, double* s, double* q) {
-      add_gradient_moments(in + first * c, out + first * c, grad + first * c, count * c, c,
-                           mu.data(), s, q);
+      const int64_t at = first * c;
+      if (y) add_gradient_moments(in + at, y + at, grad + at, count * c, c, mu.data(), s, q);
+      else add_gradient_moments(in + at, bn, grad + at, count * c, c, mu.data(), s, q);
     });
-    std::vector<float> factor(c), k1(c), k2(c);
+    std::vector<float> k1(c), k2(c);
     for (int64_t ch = 0; ch < c; ++ch) {
       const double inv_std = 1.0 / std::sqrt(double(variance.typed_data()[ch]) + epsilon);
       const double d_scale = cross[ch] * inv_std;
       dshift->typed_data()[ch] = float(sum[ch]);
       dscale->typed_data()[ch] = float(d_scale);
-      factor[ch] = float(scale.typed_data()[ch] * inv_std);
       k1[ch] = float(sum[ch] / rows);
       k2[ch] = float(d_scale * inv_std / rows);
     }
-    const std::vector<float> times = repeated(factor.data(), c), minus = repeated(k1.data(), c),
-                             slope = repeated(k2.data(), c);
+    const std::vector<float> minus = repeated(k1.data(), c), slope = repeated(k2.data(), c);
     for_thread_rows(rows, [&](int64_t first, int64_t count, int64_t) {
-      input_gradient(in + first * c, out + first * c, grad + first * c, count * c, c,
-                     mu.data(), times.data(), minus.data(), slope.data(),
-                     dx->typed_data() + first * c, dr ? dr + first * c : nullptr);
+      const int64_t at = first * c;
+      float* out = dx->typed_data() + at;
+      if (y)
+        input_gradient(in + at, y + at, grad + at, count * c, c, mu.data(), times.data(),
+                       minus.data(), slope.data(), out, dr ? dr + at : nullptr);
+      else
+        input_gradient(in + at, bn, grad + at, count * c, c, mu.data(), times.data(),
+                       minus.data(), slope.data(), out, nullptr);
     });
   });
 }
 
-ffi::Error PlainBackward(Buffer x, Buffer y, Buffer dy, Buffer mean, Buffer variance,
-                         Buffer scale, Result dx, Result dscale, Result dshift, float epsilon) {
-  return Backward(x, y, dy, mean, variance, scale, dx, dscale, dshift, nullptr, epsilon);
+ffi::Error PlainBackward(Buffer x, Buffer dy, Buffer mean, Buffer variance, Buffer scale,
+                         Buffer shift, Result dx, Result dscale, Result dshift, float epsilon) {
+  ffi::Error bad = check(x.dimensions(), {dy.dimensions(), dx->dimensions()},
+                         {mean.dimensions(), variance.dimensions(), scale.dimensions(),
+                          shift.dimensions()});
+  if (bad.failure()) return bad;
+  return Backward(x, nullptr, shift.typed_data(), dy, mean, variance, scale, dx, dscale,
+                  dshift, nullptr, epsilon);
 }
 
 ffi::Error ResidualBackward(Buffer x, Buffer y, Buffer dy, Buffer mean, Buffer variance,
                             Buffer scale, Result dx, Result dscale, Result dshift,
                             Result dresidual, float epsilon) {
-  ffi::Error bad = check(x.dimensions(), {dresidual->dimensions()}, {});
+  ffi::Error bad = check(x.dimensions(), {y.dimensions(), dy.dimensions(), dx->dimensions(),
+                                          dresidual->dimensions()},
+                         {mean.dimensions(), variance.dimensions(), scale.dimensions()});
   if (bad.failure()) return bad;
-  return Backward(x, y, dy, mean, variance, scale, dx, dscale, dshift, dresidual->typed_data(),
-                  epsilon);
+  return Backward(x, y.typed_data(), nullptr, dy, mean, variance, scale, dx, dscale, dshift,
+                  dresidual->typed_data(), epsilon);
 }
 
 }  // namespace
