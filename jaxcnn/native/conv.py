@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn.native.build import native_status
+
 
 def _call(target: str, a, b, out_shape, strides, padding):
     out = jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32)
@@ -64,8 +66,6 @@ def implementation(pass_name: str, x_shape, kernel_shape, strides, padding) -> s
     or ``"kernel_gradient"``) of this convolution, as oneDNN names it (``"jit:avx512_core"``,
     ``"brgconv:avx512_core"``, ...): which kernel a layer gets on this machine, including
     ``onednn_conv.cc``'s own choice for input gradients. ``padding`` as in :func:`forward`."""
-    from jaxcnn.native.build import native_status
-
     if pass_name not in _PASSES:
         raise ValueError(f"pass_name must be one of {sorted(_PASSES)}, not {pass_name!r}")
     status = native_status()
