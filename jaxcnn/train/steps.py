@@ -132,7 +132,6 @@ def train_step(state: TrainState, batch: dict, nonfinite: str = "stop",
         grads = jax.tree.map(lambda g: g / scaler.scale, grads)
     if axis_name is not None:
         loss, grads, batch_stats = jax.lax.pmean((loss, grads, batch_stats), axis_name)
-    new_state = state.apply_gradients(grads, batch_stats)
     if scaler is None:
         overflow = jnp.zeros((), bool)
         finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
@@ -140,22 +139,28 @@ def train_step(state: TrainState, batch: dict, nonfinite: str = "stop",
         grads_ok = all_finite(grads)
         overflow = jnp.isfinite(loss) & ~grads_ok & (scaler.scale > scaler.minimum)
         finite = jnp.isfinite(loss) & (grads_ok | overflow)
-        new_state = new_state.replace(loss_scale=scaler.update(jnp.isfinite(loss) & grads_ok))
-    new_state = new_state.replace(
-        nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
-        first_nonfinite_step=jnp.where((~finite) & (state.first_nonfinite_step < 0),
-                                       state.step, state.first_nonfinite_step))
+    first_nonfinite = jnp.where((~finite) & (state.first_nonfinite_step < 0),
+                                state.step, state.first_nonfinite_step)
     if nonfinite == "ignore":
         keep = ~overflow
     elif nonfinite == "skip":
         keep = finite & ~overflow
     else:
-        keep = finite & ~overflow & (new_state.first_nonfinite_step < 0)
-    if nonfinite != "ignore" or scaler is not None:
-        kept = jax.tree.map(lambda new, old: jnp.where(keep, new, old),
-                            (new_state.params, new_state.batch_stats, new_state.opt_state),
-                            (state.params, state.batch_stats, state.opt_state))
-        new_state = new_state.replace(params=kept[0], batch_stats=kept[1], opt_state=kept[2])
+        keep = finite & ~overflow & (first_nonfinite < 0)
+    if nonfinite == "ignore" and scaler is None:
+        new_state = state.apply_gradients(grads, batch_stats)
+    else:
+        # A conditional rather than a select of old and new state: a select keeps the old
+        # moments alive beside the new ones, so XLA copies them and recomputes the new ones
+        # in the parameter update. Measured (profiles, batch 128): mnist_cnn's thunks outside
+        # oneDNN 12.2 -> 7.4 ms a step; resnet50 at 64x64, update and copies 103 -> 59 ms.
+        new_state = jax.lax.cond(keep, lambda s: s.apply_gradients(grads, batch_stats),
+                                 lambda s: s.replace(step=s.step + 1), state)
+    if scaler is not None:
+        new_state = new_state.replace(loss_scale=scaler.update(jnp.isfinite(loss) & grads_ok))
+    new_state = new_state.replace(
+        nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
+        first_nonfinite_step=first_nonfinite)
     if nonfinite == "ignore":
         sums = metric_sums(logits, batch["label"])
     else:
