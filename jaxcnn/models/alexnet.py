@@ -24,7 +24,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 
-from jaxcnn.models.conv import Conv
+from jaxcnn.models.conv_relu import ConvRelu
 from jaxcnn.models.dense import Dense
 from jaxcnn.models.layers import (adaptive_avg_pool, check_input, local_response_norm,
                                   min_input_size, nchw_rows_to_nhwc, torch_default_bias_init,
@@ -107,11 +107,11 @@ class AlexNet(nn.Module):
         check_input(self.model_name, x, channels=self.in_channels, min_size=self.min_size())
         for index, spec in enumerate(self.convs):
             fan_in = x.shape[-1] // spec.groups * spec.kernel ** 2
-            x = Conv(spec.features, (spec.kernel, spec.kernel), (spec.stride, spec.stride),
-                     padding=spec.padding, feature_group_count=spec.groups,
-                     kernel_init=self.kernel_init,
-                     bias_init=self._bias_init(spec.bias, fan_in), name=f"conv{index + 1}")(x)
-            x = nn.relu(x)
+            x = ConvRelu(spec.features, (spec.kernel, spec.kernel), (spec.stride, spec.stride),
+                         padding=spec.padding, feature_group_count=spec.groups,
+                         kernel_init=self.kernel_init,
+                         bias_init=self._bias_init(spec.bias, fan_in),
+                         name=f"conv{index + 1}")(x)
             if spec.lrn:
                 x = local_response_norm(x)
             if spec.pool:

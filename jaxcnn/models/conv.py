@@ -286,13 +286,19 @@ def _onednn_fwd(x, w, strides, padding):
     return onednn.forward(x, w, strides, padding), (x, w)
 
 
-def _onednn_bwd(strides, padding, residuals, g):
-    x, w = residuals
+def onednn_gradients(x, w, g, strides, padding):
+    """``(dx, dw)`` of a oneDNN-routed NHWC/HWIO convolution from its output gradient ``g``
+    (``padding`` as pairs): oneDNN's input and kernel gradients, or jaxcnn's few-channel input
+    gradient where that is faster."""
     if _few_channel_kernel(w.shape, strides):
         dx = onednn.few_channel_input_gradient(g, w, x.shape, padding)
     else:
         dx = onednn.input_gradient(g, w, x.shape, strides, padding)
     return dx, onednn.kernel_gradient(x, g, w.shape, strides, padding)
+
+
+def _onednn_bwd(strides, padding, residuals, g):
+    return onednn_gradients(*residuals, g, strides, padding)
 
 
 _conv_onednn.defvjp(_onednn_fwd, _onednn_bwd)
@@ -346,6 +352,13 @@ def _cpu_route(lhs, rhs, dims, strides, pads, dilations, groups, extra) -> str:
     if per_image <= MAX_PATCH_ELEMENTS:
         return "custom"
     return "lax"
+
+
+def routes_to_onednn(x, w, strides, padding) -> bool:
+    """Whether :func:`conv_general_dilated` runs this plain NHWC/HWIO convolution (no groups
+    or dilation; ``padding`` a string or pairs) through oneDNN when traced now."""
+    pads = _pads(padding, x.shape, w.shape, strides)
+    return _cpu_route(x, w, NHWC, strides, pads, (None, None), 1, (False,) * 3) == "onednn"
 
 
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None,

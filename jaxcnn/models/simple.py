@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 
-from jaxcnn.models.conv import Conv
+from jaxcnn.models.conv_relu import ConvRelu
 from jaxcnn.models.conv_pool import ConvReluMaxPool
 from jaxcnn.models.dense import Dense
 from jaxcnn.models.layers import check_input, max_pool, min_input_size
@@ -77,9 +77,8 @@ class SequentialNet(nn.Module):
                                         window=following[0][1], kernel_init=self.kernel_init,
                                         name=f"conv{convs}")(x)
                     continue
-                x = Conv(features, (kernel, kernel), padding="VALID",
-                         kernel_init=self.kernel_init, name=f"conv{convs}")(x)
-                x = nn.relu(x)
+                x = ConvRelu(features, (kernel, kernel), padding="VALID",
+                             kernel_init=self.kernel_init, name=f"conv{convs}")(x)
             elif kind == "pool":
                 if not pooled:
                     x = max_pool(x, args[0])

@@ -22,6 +22,7 @@ import jax
 
 from jaxcnn.models.conv import Conv
 from jaxcnn.models.conv_pool import ConvReluMaxPool
+from jaxcnn.models.conv_relu import ConvRelu
 from jaxcnn.models.dense import Dense
 from jaxcnn.models.layers import (adaptive_avg_pool, check_input, max_pool, min_input_size,
                                   nchw_rows_to_nhwc, torch_batch_norm)
@@ -81,15 +82,14 @@ class VGG(nn.Module):
             # Without BatchNorm, a convolution before a pool is one layer with its ReLU and
             # pool (bias, ReLU and pool one CPU kernel each way); same parameters.
             pooled = not self.batch_norm and tuple(self.config[position + 1:position + 2]) == ("M",)
-            conv = functools.partial(ConvReluMaxPool, window=2) if pooled else Conv
+            # Without BatchNorm, the others are one layer with their ReLU (bias and ReLU in the
+            # CPU convolution's forward pass).
+            conv = functools.partial(ConvReluMaxPool, window=2) if pooled else \
+                Conv if self.batch_norm else ConvRelu
             x = conv(width, (3, 3), padding=1, use_bias=True, kernel_init=self.kernel_init,
                      name=f"conv{index}")(x)
-            if pooled:
-                continue
             if self.batch_norm:
                 x = torch_batch_norm(train, name=f"bn{index}")(x, relu=True)
-            else:
-                x = nn.relu(x)
         if x.shape[1:3] != (POOLED, POOLED):
             x = adaptive_avg_pool(x, POOLED)
         x = x.reshape((x.shape[0], -1))

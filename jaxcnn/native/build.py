@@ -43,6 +43,7 @@ ENV_SWITCH = "JAXCNN_NATIVE_CONV"
 ENV_ROOT = "JAXCNN_ONEDNN_ROOT"
 # FFI target names registered with XLA, and the C symbols that implement them.
 TARGETS = {"jaxcnn_conv_forward": "JaxcnnConvForward",
+           "jaxcnn_conv_forward_bias_relu": "JaxcnnConvForwardBiasRelu",
            "jaxcnn_conv_input_gradient": "JaxcnnConvInputGradient",
            "jaxcnn_conv_kernel_gradient": "JaxcnnConvKernelGradient",
            "jaxcnn_matmul": "JaxcnnMatMul",

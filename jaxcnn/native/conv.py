@@ -19,10 +19,10 @@ import numpy as np
 from jaxcnn.native.build import native_status
 
 
-def _call(target: str, a, b, out_shape, strides, padding):
+def _call(target: str, a, b, out_shape, strides, padding, *more, vmap_method="expand_dims"):
     out = jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32)
-    return jax.ffi.ffi_call(target, out, vmap_method="expand_dims")(
-        a, b, strides=np.asarray(strides, np.int64),
+    return jax.ffi.ffi_call(target, out, vmap_method=vmap_method)(
+        a, b, *more, strides=np.asarray(strides, np.int64),
         padding=np.asarray([p for pair in padding for p in pair], np.int64))
 
 
@@ -37,6 +37,17 @@ def forward(x, w, strides, padding):
     """The convolution of ``x`` (N, H, W, C) with ``w`` (kh, kw, C, O)."""
     return _call("jaxcnn_conv_forward", x, w, output_shape(x.shape, w.shape, strides, padding),
                  strides, padding)
+
+
+def forward_bias_relu(x, w, bias, strides, padding):
+    """``relu(conv(x, w) + bias)`` in one oneDNN call (the bias and ReLU applied as each
+    output is written); ``jax.vmap`` maps it one slice at a time."""
+    if x.ndim != 4 or w.ndim != 4 or bias.shape != w.shape[-1:]:
+        raise ValueError(f"forward_bias_relu takes NHWC x, an HWIO kernel and one bias per "
+                         f"output channel; got x {x.shape}, kernel {w.shape}, bias {bias.shape}")
+    return _call("jaxcnn_conv_forward_bias_relu", x, w,
+                 output_shape(x.shape, w.shape, strides, padding), strides, padding, bias,
+                 vmap_method="sequential")
 
 
 def input_gradient(g, w, x_shape, strides, padding):

@@ -38,6 +38,7 @@ struct Geometry {
   memory::desc kernel(memory::format_tag tag) const {
     return {{o, c, kh, kw}, memory::data_type::f32, tag};
   }
+  memory::desc bias() const { return {{o}, memory::data_type::f32, memory::format_tag::a}; }
   memory::dims strides() const { return {sh, sw}; }
   memory::dims pad_before() const { return {pt, pl}; }
   memory::dims pad_after() const { return {pb, pr}; }
@@ -55,6 +56,19 @@ dnnl::convolution_forward::primitive_desc forward_desc(const Geometry& g) {
   return {cpu_engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
           g.image(), g.kernel(memory::format_tag::any), g.output(), g.strides(),
           g.pad_before(), g.pad_after(), user_scratchpad()};
+}
+
+// The forward pass with a bias and a ReLU applied to each output as it is written
+// (relu(conv(x, w) + bias), one rounding for the addition as in XLA's z + bias), instead of
+// XLA:CPU reading and writing the whole feature map once more for them.
+dnnl::convolution_forward::primitive_desc forward_bias_relu_desc(const Geometry& g) {
+  dnnl::post_ops relu;
+  relu.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+  dnnl::primitive_attr attr = user_scratchpad();
+  attr.set_post_ops(relu);
+  return {cpu_engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+          g.image(), g.kernel(memory::format_tag::any), g.bias(), g.output(), g.strides(),
+          g.pad_before(), g.pad_after(), attr};
 }
 
 // The input-gradient or kernel-gradient descriptor (Desc), hinted by the forward pass
@@ -149,6 +163,32 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   });
 }
 
+// relu(conv(x, w) + bias) for one slice (jaxcnn/native/conv.py maps vmapped calls one
+// slice at a time).
+ffi::Error ForwardBiasRelu(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                           ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+                           Dims strides, Dims pads) {
+  if (x.dimensions().size() != 4 || w.dimensions().size() != 4 ||
+      bias.dimensions().size() != 1 || bias.dimensions()[0] != w.dimensions()[3])
+    return ffi::Error::InvalidArgument("conv_bias_relu takes NHWC x, HWIO w, one bias per O");
+  Geometry g = geometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, pads);
+  return locked("convolution", [&] {
+    const Prepared& p = prepared(g.key('r'), [&] {
+      auto desc = forward_bias_relu_desc(g);
+      return prepare<dnnl::convolution_forward>(desc, desc.weights_desc());
+    });
+    dnnl::stream stream(cpu_engine());
+    memory weights = in_layout(stream, g.kernel(memory::format_tag::hwio), p.kernel,
+                               w.typed_data());
+    p.primitive.execute(stream, {{DNNL_ARG_SRC, memory(g.image(), cpu_engine(), x.typed_data())},
+                                 {DNNL_ARG_WEIGHTS, weights},
+                                 {DNNL_ARG_BIAS, memory(g.bias(), cpu_engine(), bias.typed_data())},
+                                 {DNNL_ARG_DST, memory(g.output(), cpu_engine(), y->typed_data())},
+                                 {DNNL_ARG_SCRATCHPAD, scratch(p)}});
+    stream.wait();
+  });
+}
+
 ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                          ffi::ResultBuffer<ffi::F32> dx, Dims strides, Dims pads) {
   auto s = slices(dy.dimensions(), w.dimensions(), dx->dimensions(), 4);
@@ -226,5 +266,13 @@ extern "C" int jaxcnn_conv_implementation(char kind, const int64_t* sizes, char*
       .Attr<ffi::Span<const int64_t>>("padding")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvForward, Forward, JAXCNN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvForwardBiasRelu, ForwardBiasRelu,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvInputGradient, InputGradient, JAXCNN_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvKernelGradient, KernelGradient, JAXCNN_CONV_BINDING);
