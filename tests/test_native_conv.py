@@ -200,6 +200,21 @@ def test_input_gradients_of_strided_and_narrow_layers_take_the_direct_jit_kernel
     assert name.startswith("jit"), name
 
 
+def test_forward_passes_whose_outputs_do_not_fill_vectors_take_the_direct_jit_kernel(
+        monkeypatch):
+    # The lecture CNN's 20 -> 40 5x5 layer: oneDNN's first choice on AVX-512 is brgconv,
+    # slower here; onednn_conv.cc takes its direct JIT kernel. 16 -> 16 keeps the first choice.
+    lecture = ((128, 24, 24, 20), (5, 5, 20, 40), (1, 1), ((0, 0), (0, 0)))
+    resnet = ((128, 32, 32, 16), (3, 3, 16, 16), (1, 1), SAME_1)
+    ours = [onednn.implementation("forward", *layer) for layer in (lecture, resnet)]
+    monkeypatch.setenv("JAXCNN_ONEDNN_FIRST_CHOICE", "1")
+    first = [onednn.implementation("forward", *layer) for layer in (lecture, resnet)]
+    if not first[0].endswith("avx512_core"):
+        pytest.skip(f"the rule is for AVX-512 machines; oneDNN's first choice here: {first[0]}")
+    assert first[0].startswith("brgconv") and ours[0] == "jit:avx512_core", (first, ours)
+    assert ours[1] == first[1], (first, ours)
+
+
 def test_implementation_names_bad_requests():
     with pytest.raises(ValueError, match="pass_name must be one of"):
         onednn.implementation("backward", (1, 8, 8, 3), (3, 3, 3, 4), (1, 1), SAME_1)

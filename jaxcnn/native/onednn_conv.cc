@@ -52,7 +52,9 @@ Geometry geometry(Dims x, Dims w, Dims y, Dims strides, Dims pads) {
                   strides[0], strides[1], pads[0], pads[1], pads[2], pads[3]};
 }
 
-dnnl::convolution_forward::primitive_desc forward_desc(const Geometry& g) {
+// oneDNN's own forward descriptor (its first choice of kernel): also the hint of the
+// gradients' descriptors.
+dnnl::convolution_forward::primitive_desc forward_hint(const Geometry& g) {
   return {cpu_engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
           g.image(), g.kernel(memory::format_tag::any), g.output(), g.strides(),
           g.pad_before(), g.pad_after(), user_scratchpad()};
@@ -61,7 +63,7 @@ dnnl::convolution_forward::primitive_desc forward_desc(const Geometry& g) {
 // The forward pass with a bias and a ReLU applied to each output as it is written
 // (relu(conv(x, w) + bias), one rounding for the addition as in XLA's z + bias), instead of
 // XLA:CPU reading and writing the whole feature map once more for them.
-dnnl::convolution_forward::primitive_desc forward_bias_relu_desc(const Geometry& g) {
+dnnl::convolution_forward::primitive_desc forward_bias_relu_hint(const Geometry& g) {
   dnnl::post_ops relu;
   relu.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
   dnnl::primitive_attr attr = user_scratchpad();
@@ -83,7 +85,14 @@ Desc backward_desc(const Geometry& g,
 
 template <typename Desc>
 Desc backward_desc(const Geometry& g) {
-  return backward_desc<Desc>(g, forward_desc(g));
+  return backward_desc<Desc>(g, forward_hint(g));
+}
+
+// $JAXCNN_ONEDNN_FIRST_CHOICE=1 keeps oneDNN's first choice everywhere (for
+// benchmarks/input_gradient_kernels.py, which measures what the choices below are worth).
+bool first_choice_only() {
+  const char* first_choice = std::getenv("JAXCNN_ONEDNN_FIRST_CHOICE");
+  return first_choice != nullptr && std::string(first_choice) == "1";
 }
 
 // Layers whose input gradient oneDNN's direct JIT kernel computes faster than its first
@@ -94,32 +103,55 @@ Desc backward_desc(const Geometry& g) {
 // channels on, stride 1, the brgemm kernels are as fast or faster, so they stay.
 constexpr int64_t kDirectInputGradientChannels = 32;
 
-// $JAXCNN_ONEDNN_FIRST_CHOICE=1 keeps oneDNN's first choice everywhere (for
-// benchmarks/input_gradient_kernels.py, which measures what the choice below is worth).
 bool direct_input_gradient_is_faster(const Geometry& g) {
-  const char* first_choice = std::getenv("JAXCNN_ONEDNN_FIRST_CHOICE");
-  if (first_choice != nullptr && std::string(first_choice) == "1") return false;
   return g.sh > 1 || g.sw > 1 || g.c <= kDirectInputGradientChannels;
 }
+
+// Layers whose forward pass the direct JIT kernel computes faster than oneDNN's first choice
+// ("brgconv") on AVX-512: output channels that do not fill whole 16-float vectors (batch 128,
+// C++ sweeps: the lecture CNN's 20 -> 40 5x5, 13.2-16.7 against 11.5-12.1 ms; 16 -> 40
+// 0.88x, 64 -> 40 3x3 0.84x, 32 -> 24 0.94x). With multiples of 16 brgconv is mostly as fast
+// or faster (resnet20's 16 -> 16 3x3, 3.3 against 3.9 ms), so it stays.
+bool direct_forward_is_faster(const Geometry& g) { return g.o % 16 != 0; }
 
 std::string isa_of(const std::string& implementation) {
   return implementation.substr(implementation.rfind(':') + 1);
 }
 
-// The input-gradient descriptor: oneDNN's first choice, or where
-// direct_input_gradient_is_faster, its first direct JIT kernel ("jit:" or "jit_1x1:") for the
-// same instruction set as that first choice, if it has one.
-dnnl::convolution_backward_data::primitive_desc input_gradient_desc(const Geometry& g) {
-  using Desc = dnnl::convolution_backward_data::primitive_desc;
-  const auto hint = forward_desc(g);
-  Desc desc = backward_desc<Desc>(g, hint);
+// The descriptor `make()` returns, oneDNN's first choice, or where `prefer_direct` and
+// $JAXCNN_ONEDNN_FIRST_CHOICE is not 1, its first direct JIT kernel ("jit:" or "jit_1x1:")
+// for the same instruction set as that first choice, if it has one (`avx512_only`: only
+// when that instruction set is an AVX-512 one, where the rule was measured).
+template <typename Desc, typename Make>
+Desc direct_jit_if(bool prefer_direct, bool avx512_only, Make make) {
+  Desc desc = make();
   const std::string first = desc.impl_info_str();
-  if (!direct_input_gradient_is_faster(g) || first.rfind("jit", 0) == 0) return desc;
+  if (!prefer_direct || first_choice_only() || first.rfind("jit", 0) == 0) return desc;
+  if (avx512_only && isa_of(first).rfind("avx512", 0) != 0) return desc;
   while (desc.next_impl()) {
     const std::string name = desc.impl_info_str();
     if (name.rfind("jit", 0) == 0 && isa_of(name) == isa_of(first)) return desc;
   }
-  return backward_desc<Desc>(g, hint);  // (the handle above has moved past the first choice)
+  return make();  // (the handle above has moved past the first choice)
+}
+
+dnnl::convolution_forward::primitive_desc forward_desc(const Geometry& g) {
+  return direct_jit_if<dnnl::convolution_forward::primitive_desc>(
+      direct_forward_is_faster(g), true, [&] { return forward_hint(g); });
+}
+
+dnnl::convolution_forward::primitive_desc forward_bias_relu_desc(const Geometry& g) {
+  return direct_jit_if<dnnl::convolution_forward::primitive_desc>(
+      direct_forward_is_faster(g), true, [&] { return forward_bias_relu_hint(g); });
+}
+
+// The input-gradient descriptor. Its hint (oneDNN's own forward choice) must outlive the
+// walk through the implementations: oneDNN keeps a pointer to it.
+dnnl::convolution_backward_data::primitive_desc input_gradient_desc(const Geometry& g) {
+  using Desc = dnnl::convolution_backward_data::primitive_desc;
+  const auto hint = forward_hint(g);
+  return direct_jit_if<Desc>(direct_input_gradient_is_faster(g), false,
+                             [&] { return backward_desc<Desc>(g, hint); });
 }
 
 memory in_layout(dnnl::stream& stream, const memory::desc& plain_desc,
