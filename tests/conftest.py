@@ -45,6 +45,20 @@ def require_native_bridge() -> None:
     pytest.skip(f"no oneDNN bridge: {status.reason}", allow_module_level=True)
 
 
+def zoo_forward_text(name: str, shape, batch: int = 128) -> str:
+    """The lowered (StableHLO) text of zoo model ``name``'s forward pass on a float32 batch of
+    ``batch`` images of ``shape``, traced from shapes alone (nothing is computed)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxcnn.models import get_model
+
+    model = get_model(name)
+    x = jax.ShapeDtypeStruct((batch, *shape), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))
+    return jax.jit(lambda v, x: model.apply(v, x)).lower(variables, x).as_text()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     """The folder holding the original MNIST / Fashion-MNIST files (``../shared/data``)."""

@@ -17,7 +17,7 @@ from jaxcnn.models.conv_pool import ConvReluMaxPool, bias_relu_max_pool, bias_re
 from jaxcnn.models.layers import max_pool
 from jaxcnn.native import pool as native
 
-from conftest import require_native_bridge
+from conftest import require_native_bridge, zoo_forward_text
 
 require_native_bridge()
 
@@ -207,12 +207,7 @@ def test_layer_has_conv_parameters_values_and_gradients():
 @pytest.mark.parametrize("name,shape", [("lenet5", (28, 28, 1)), ("keras_cnn", (28, 28, 1)),
                                         ("vgg11", (32, 32, 3))])
 def test_zoo_models_use_it_at_batch_128(name, shape):
-    from jaxcnn.models import get_model
-    model = get_model(name)
-    x = jax.ShapeDtypeStruct((128, *shape), jnp.float32)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))
-    text = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, x).as_text()
-    assert "jaxcnn_bias_relu_max_pool_forward" in text
+    assert "jaxcnn_bias_relu_max_pool_forward" in zoo_forward_text(name, shape)
 
 
 def test_kernel_stays_out_where_it_must():

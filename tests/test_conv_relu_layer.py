@@ -16,7 +16,7 @@ from jaxcnn.models.conv import Conv, plain_lax_layers, without_native_convolutio
 from jaxcnn.models.conv_relu import ConvRelu
 from jaxcnn.native import conv as native
 
-from conftest import require_native_bridge
+from conftest import require_native_bridge, zoo_forward_text
 
 require_native_bridge()
 
@@ -130,12 +130,7 @@ def test_bad_input_is_named():
 @pytest.mark.parametrize("name,shape", [("mnist_cnn", (28, 28, 1)), ("vgg11", (32, 32, 3)),
                                         ("alexnet", (224, 224, 3))])
 def test_zoo_models_use_it_at_batch_128(name, shape):
-    from jaxcnn.models import get_model
-    model = get_model(name)
-    x = jax.ShapeDtypeStruct((128, *shape), jnp.float32)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))
-    text = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, x).as_text()
-    assert TARGET in text
+    assert TARGET in zoo_forward_text(name, shape)
 
 
 def test_layer_stays_out_where_it_must():
