@@ -70,9 +70,10 @@ class ConvRelu(nn.Conv):
     """
     conv_general_dilated: Any = conv_general_dilated
 
-    def _fused_padding(self, inputs: jax.Array):
-        """The padding (string or pairs) of the fused oneDNN path, or None where the layer
-        takes Conv's own code (options oneDNN's path does not cover, or not routed there)."""
+    def _fused_geometry(self, inputs: jax.Array):
+        """``(kernel_size, strides, padding pairs)`` of the fused oneDNN path, or None where
+        the layer takes Conv's own code (options that path does not cover, or a convolution
+        not routed to oneDNN)."""
         plain = (self.use_bias and inputs.ndim == 4 and inputs.dtype == jnp.float32
                  and self.dtype in (None, jnp.float32) and self.param_dtype == jnp.float32
                  and self.feature_group_count == 1 and self.mask is None
@@ -89,24 +90,26 @@ class ConvRelu(nn.Conv):
             plain = False
         if not plain:
             return None
-        kernel = jax.ShapeDtypeStruct((*_pairs(self.kernel_size, "kernel_size"),
-                                       inputs.shape[-1], self.features), jnp.float32)
-        strides = _pairs(self.strides, "strides")
-        return padding if routes_to_onednn(inputs, kernel, strides, padding) else None
-
-    @nn.compact
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        padding = self._fused_padding(inputs)
-        if padding is None:
-            return nn.relu(super().__call__(inputs))
         kernel_size = _pairs(self.kernel_size, "kernel_size")
-        kernel = self.param("kernel", self.kernel_init,
-                            (*kernel_size, inputs.shape[-1], self.features), self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         strides = _pairs(self.strides, "strides")
         if isinstance(padding, str):
             padding = lax.padtype_to_pads(inputs.shape[1:3], kernel_size, strides, padding)
         padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+        kernel = jax.ShapeDtypeStruct((*kernel_size, inputs.shape[-1], self.features),
+                                      jnp.float32)
+        if not routes_to_onednn(inputs, kernel, strides, padding):
+            return None
+        return kernel_size, strides, padding
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        geometry = self._fused_geometry(inputs)
+        if geometry is None:
+            return nn.relu(super().__call__(inputs))
+        kernel_size, strides, padding = geometry
+        kernel = self.param("kernel", self.kernel_init,
+                            (*kernel_size, inputs.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         return lax.platform_dependent(
             inputs, kernel, bias,
             cpu=lambda x, w, b: _conv_bias_relu_onednn(x, w, b, strides, padding),

@@ -164,18 +164,21 @@ memory in_layout(dnnl::stream& stream, const memory::desc& plain_desc,
 }
 
 // Runs `p` on each vmapped slice, for the primitives that read one activation (`in`) and the
-// kernel and write another (`out`): the forward pass and the input gradient.
+// kernel and write another (`out`): the forward pass and the input gradient. `shared` adds
+// arguments that every slice reads as they are (the bias of the fused forward pass).
 void run_with_kernel(const Prepared& p, const Slices& s, const Geometry& g,
                      int in_arg, const memory::desc& in_desc, float* in, float* kernel,
-                     int out_arg, const memory::desc& out_desc, float* out) {
+                     int out_arg, const memory::desc& out_desc, float* out,
+                     const std::unordered_map<int, memory>& shared = {}) {
   for (int64_t i = 0; i < s.count; ++i) {
     dnnl::stream stream(cpu_engine());
-    memory weights = in_layout(stream, g.kernel(memory::format_tag::hwio), p.kernel,
-                               kernel + i * s.step[1]);
-    memory source(in_desc, cpu_engine(), in + i * s.step[0]);
-    memory result(out_desc, cpu_engine(), out + i * s.step[2]);
-    p.primitive.execute(stream, {{in_arg, source}, {DNNL_ARG_WEIGHTS, weights},
-                                 {out_arg, result}, {DNNL_ARG_SCRATCHPAD, scratch(p)}});
+    std::unordered_map<int, memory> args = shared;
+    args[DNNL_ARG_WEIGHTS] = in_layout(stream, g.kernel(memory::format_tag::hwio), p.kernel,
+                                       kernel + i * s.step[1]);
+    args[in_arg] = memory(in_desc, cpu_engine(), in + i * s.step[0]);
+    args[out_arg] = memory(out_desc, cpu_engine(), out + i * s.step[2]);
+    args[DNNL_ARG_SCRATCHPAD] = scratch(p);
+    p.primitive.execute(stream, args);
     stream.wait();
   }
 }
@@ -209,15 +212,9 @@ ffi::Error ForwardBiasRelu(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
       auto desc = forward_bias_relu_desc(g);
       return prepare<dnnl::convolution_forward>(desc, desc.weights_desc());
     });
-    dnnl::stream stream(cpu_engine());
-    memory weights = in_layout(stream, g.kernel(memory::format_tag::hwio), p.kernel,
-                               w.typed_data());
-    p.primitive.execute(stream, {{DNNL_ARG_SRC, memory(g.image(), cpu_engine(), x.typed_data())},
-                                 {DNNL_ARG_WEIGHTS, weights},
-                                 {DNNL_ARG_BIAS, memory(g.bias(), cpu_engine(), bias.typed_data())},
-                                 {DNNL_ARG_DST, memory(g.output(), cpu_engine(), y->typed_data())},
-                                 {DNNL_ARG_SCRATCHPAD, scratch(p)}});
-    stream.wait();
+    run_with_kernel(p, Slices{1, {0, 0, 0}}, g, DNNL_ARG_SRC, g.image(), x.typed_data(),
+                    w.typed_data(), DNNL_ARG_DST, g.output(), y->typed_data(),
+                    {{DNNL_ARG_BIAS, memory(g.bias(), cpu_engine(), bias.typed_data())}});
   });
 }
 
