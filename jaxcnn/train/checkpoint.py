@@ -226,6 +226,9 @@ class _Manager:
             except Exception as err:  # noqa: BLE001 - after a failed save Orbax re-raises it
                 if not (self.failed and is_disk_full(err)):
                     raise
+            finally:
+                if self.failed:  # the failed save's other writers may have run on until
+                    self.remove_partial()  # Orbax closed; nothing writes now
 
 
 class Checkpoints:
