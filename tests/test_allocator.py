@@ -56,10 +56,86 @@ def run(code, *args, **env):
 STATUS = "import jaxcnn; print(jaxcnn.malloc_tuning())"
 
 
+def thp_mode():
+    from jaxcnn import allocator
+
+    return allocator._setting(allocator.THP_SETTING)
+
+
+def expected_huge_page_status():
+    from jaxcnn import allocator
+
+    if thp_mode() != "madvise":
+        return f"huge pages: kernel mode {thp_mode() or 'unknown'}, nothing to advise"
+    if allocator._setting(allocator.OVERCOMMIT_SETTING) == "2":
+        return "huge pages: not advised under strict overcommit (vm.overcommit_memory=2)"
+    return "huge pages advised for "
+
+
 @glibc
 def test_import_applies_the_settings():
-    assert run(STATUS) == ("applied (M_ARENA_MAX=1, M_MMAP_MAX=0, "
-                           "M_TRIM_THRESHOLD=2147483647)")
+    status = run(STATUS)
+    assert status.startswith("applied (M_ARENA_MAX=1, M_MMAP_MAX=0, "
+                             "M_TRIM_THRESHOLD=-1 (never); " + expected_huge_page_status())
+    if "advised for" in status:
+        # the reserve less at most one huge page at each end, where the block is not aligned
+        from jaxcnn import allocator
+
+        reserved = int(status.split("advised for ")[1].split()[0])
+        assert allocator.huge_page_reserve() // 2**20 - 4 <= reserved \
+            <= allocator.huge_page_reserve() // 2**20
+
+
+@glibc
+def test_the_heap_is_never_trimmed():
+    """A 3 GiB block (above any trim threshold mallopt's int can set) freed at the top of
+    the heap stays with the process (its data segment does not shrink), so the next step
+    reuses it; without the settings it is returned."""
+    code = """
+import ctypes, re, sys
+if sys.argv[1] == "import":
+    import jaxcnn
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+data = lambda: int(re.search(r"VmData:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+block = libc.malloc(3 << 30)
+before = data()
+libc.free(block)
+print((before - data()) >> 10)
+"""
+    assert int(run(code, "import")) == 0
+    assert int(run(code, "import", JAXCNN_MALLOC_TUNING="0")) >= 1000
+
+
+# A worker thread mallocs and touches 64 MiB (with ctypes: NumPy asks for huge pages itself);
+# the anonymous memory the kernel backs with huge pages, in MiB, is printed.
+HUGE = """
+import ctypes, sys, threading
+if sys.argv[1] == "import":
+    import jaxcnn
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+thread = threading.Thread(target=lambda: ctypes.memset(libc.malloc(64 << 20), 1, 64 << 20))
+thread.start()
+thread.join()
+with open("/proc/self/smaps_rollup") as rollup:
+    print(next(int(line.split()[1]) for line in rollup
+               if line.startswith("AnonHugePages:")) >> 10)
+"""
+
+
+@glibc
+@pytest.mark.skipif(thp_mode() != "madvise", reason="the kernel's transparent huge pages "
+                    "are not in madvise mode (always: every process gets them; never: none)")
+def test_heap_gets_transparent_huge_pages():
+    """With the kernel in madvise mode, a process gets huge pages only where it asks: after
+    ``import jaxcnn`` a worker thread's 64 MiB block is (almost) all huge pages; without the
+    settings, none."""
+    assert int(run(HUGE, "import")) >= 60
+    assert int(run(HUGE, "import", JAXCNN_MALLOC_TUNING="0")) == 0
 
 
 @glibc
