@@ -22,8 +22,8 @@ SAME_MALLOC = "PyTorch same malloc"
 
 
 def same_malloc_env() -> dict:
-    """This process's environment plus the ``MALLOC_*`` variables equal to the settings
-    ``import jaxcnn`` applies (:data:`jaxcnn.allocator.ENVIRONMENT`)."""
+    """This process's environment plus the ``MALLOC_*`` and ``GLIBC_TUNABLES`` variables
+    equal to the settings ``import jaxcnn`` applies (:data:`jaxcnn.allocator.ENVIRONMENT`)."""
     from jaxcnn.allocator import ENVIRONMENT
 
     return dict(os.environ, **ENVIRONMENT)

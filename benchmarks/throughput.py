@@ -363,7 +363,8 @@ def main(argv=None) -> None:
                 env = same_malloc_env()
                 workers[SAME_MALLOC] = Worker([python, str(TORCH_SIDE), "serve"], env=env)
                 print(f"{SAME_MALLOC!r} worker: the same, with " + " ".join(
-                    f"{k}={v}" for k, v in env.items() if k.startswith("MALLOC_")))
+                    f"{k}={v}" for k, v in env.items()
+                    if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"))
         else:
             print(f"no PyTorch interpreter at {python}; pass --torch-python or set "
                   "$JAXCNN_TORCH_PYTHON (jaxcnn only)")
