@@ -103,8 +103,8 @@ def tune_malloc() -> str:
     if failed:
         _status = f"partly applied (mallopt refused {', '.join(failed)})"
     else:
-        _status = ("applied (M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1 (never); "
-                   + _advise_huge_pages(libc) + ")")
+        _status = ("applied (" + ", ".join(f"{k}={v}" for k, (_, v, _, _) in SETTINGS.items())
+                   + "; " + _advise_huge_pages(libc) + ")")
     return _status
 
 
