@@ -22,7 +22,11 @@ at 406-433 images/s; with the settings below, 0 faults and 631-633 images/s. ``m
   and the memory-bound kernels walk their activations with 1/512 of the TLB entries. Paired
   whole steps at batch 128 (two processes, alternating, 16-40 rounds, 2 to 4 runs each):
   resnet20 1.01-1.04x, mnist_cnn 1.03-1.04x, LeNet-5 1.01-1.06x, resnet50 at 64x64
-  0.99-1.11x (:func:`_advise_huge_pages`).
+  0.99-1.11x (:func:`_advise_huge_pages`). First touches can cost more where a hypervisor
+  backs the guest's memory lazily: on this 2-core VM, 2 GiB touched for the first time took
+  3.3-6.2 s in huge pages against 1.2 s in 4 KiB pages, and 0.33-0.75 s once the VM had
+  backed that memory (resnet50's first step, three processes each: 4.4, 4.6 and 2.2 s against
+  2.4-2.7 s; later steps 2.0-2.5 s either way).
 
 The costs: the process's resident size stays at its peak (in 2 MiB pages) instead of
 shrinking between steps, and the one arena's lock makes XLA's threads wait in small steps
