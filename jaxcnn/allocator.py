@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import sys
 
 # mallopt parameter numbers from glibc's <malloc.h>.
@@ -126,9 +127,12 @@ def _setting(path: str) -> str:
 
 def huge_page_reserve() -> int:
     """The heap address space to reserve for huge pages: half the machine's memory, at most
-    MAX_RESERVE, in whole huge pages."""
+    MAX_RESERVE and a quarter of any address-space or data-segment limit (``ulimit -v``,
+    ``ulimit -d``), in whole huge pages."""
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return min(memory // 2, MAX_RESERVE) // HUGE_PAGE * HUGE_PAGE
+    limits = [resource.getrlimit(kind)[0] for kind in (resource.RLIMIT_AS, resource.RLIMIT_DATA)]
+    quarters = [limit // 4 for limit in limits if limit != resource.RLIM_INFINITY]
+    return min([memory // 2, MAX_RESERVE] + quarters) // HUGE_PAGE * HUGE_PAGE
 
 
 def _advise_huge_pages(libc) -> str:
