@@ -90,16 +90,13 @@ def test_import_applies_the_settings():
 @pytest.mark.skipif(thp_mode() != "madvise", reason="no huge pages to advise: the kernel's "
                     "transparent huge pages are not in madvise mode")
 def test_the_reserve_leaves_most_of_a_data_limit():
-    """Under ``ulimit -d 4 GiB`` the reserve is at most a quarter of it, and JAX still runs."""
-    import resource
-
+    """Under a 4 GiB data-segment limit (``ulimit -d``, set by the child itself before the
+    import) the reserve is at most a quarter of it, and JAX still runs."""
     limit = 4 << 30
-    out = subprocess.run(
-        [sys.executable, "-c", STATUS + "; import jax.numpy as jnp; print(jnp.ones(8).sum())"],
-        env=clean_env(), capture_output=True, text=True, timeout=120,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_DATA, (limit, limit)))
-    assert out.returncode == 0, out.stderr
-    status, total = out.stdout.split("\n")[:2]
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_DATA, "
+            f"({limit}, {limit})); " + STATUS
+            + "; import jax.numpy as jnp; print(jnp.ones(8).sum())")
+    status, total = run(code).split("\n")[:2]
     assert total == "8.0"
     reserved = int(status.split("advised for ")[1].split()[0])
     assert 0 < reserved <= (limit // 4) >> 20
