@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import resource
 import sys
 
 # mallopt parameter numbers from glibc's <malloc.h>.
@@ -54,9 +53,9 @@ M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 SETTINGS = {"M_ARENA_MAX": (M_ARENA_MAX, 1, "MALLOC_ARENA_MAX", "1"),
             "M_MMAP_MAX": (M_MMAP_MAX, 0, "MALLOC_MMAP_MAX_", "0"),
             "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, -1, "MALLOC_TRIM_THRESHOLD_", str(2**64 - 1))}
-# The kernel's transparent huge page setting, constants from <sys/mman.h>, and the heap
-# address space reserved for huge pages: half the machine's memory, at most MAX_RESERVE,
-# halved down to MIN_RESERVE while the kernel refuses.
+# The kernel's transparent huge page setting, constants from <sys/mman.h>, and the bounds of
+# the heap address space reserved for huge pages (:func:`huge_page_reserve`), halved down to
+# MIN_RESERVE while the kernel refuses.
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 OVERCOMMIT_SETTING = "/proc/sys/vm/overcommit_memory"
 HUGE_PAGE, MADV_HUGEPAGE = 2 << 20, 14
@@ -129,6 +128,8 @@ def huge_page_reserve() -> int:
     """The heap address space to reserve for huge pages: half the machine's memory, at most
     MAX_RESERVE and a quarter of any address-space or data-segment limit (``ulimit -v``,
     ``ulimit -d``), in whole huge pages."""
+    import resource  # Unix only; the settings apply on Linux with glibc alone
+
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     limits = [resource.getrlimit(kind)[0] for kind in (resource.RLIMIT_AS, resource.RLIMIT_DATA)]
     quarters = [limit // 4 for limit in limits if limit != resource.RLIM_INFINITY]
