@@ -5,7 +5,9 @@ For each model, steady-state training images/second of jaxcnn's real train step
 non-finite guard; also measured without the guard, ``nonfinite="ignore"``) and of the same
 network in PyTorch (same layers, channels_last, eager, ``torch.optim.Adam``, as many threads
 as JAX's CPU client uses), batch 128, float32, on one fixed batch already in memory, so only
-the training step is timed. Warm-up (compilation, the first steps) is excluded and every
+the training step is timed. Warm-up is excluded: every participant first compiles and then
+trains for ``--warmup`` seconds (at least 4 steps), so that first touches of new memory and
+the allocator's growth are over before its repetition length is chosen and timed; every
 timed repetition ends with ``block_until_ready``.
 
 PyTorch has no CPU build for Python 3.12 here, while JAX >= 0.12 needs 3.12, so the two
@@ -24,7 +26,7 @@ fraction of this machine's float32 matmul rate measured in the same run (a jitte
 subprocess (``benchmarks/compile_time.py``).
 
     python benchmarks/throughput.py [--models mnist_cnn,lenet5,resnet20,resnet50]
-        [--batch 128] [--reps 5] [--seconds 2] [--no-torch] [--no-compile-time]
+        [--batch 128] [--reps 7] [--seconds 2] [--warmup 4] [--no-torch] [--no-compile-time]
 
 ResNet-50 takes 64x64x3 images on CPU (224x224x3 when JAX's default backend is a GPU).
 """
@@ -181,6 +183,19 @@ def steps_for(seconds_per_step: float, target: float) -> int:
     return max(1, round(target / max(seconds_per_step, 1e-9)))
 
 
+def warm_up(run, seconds: float, min_steps: int = 4) -> float:
+    """Trains two steps at a time (``run(n)`` returns their seconds) until ``seconds`` have
+    passed and ``min_steps`` have run; returns the last step's seconds. First steps are slow
+    (a fresh resnet20 process here: 445-615 ms a step over steps 2-6 while its heap grows
+    into new huge pages, 230-300 ms after), which a fixed 2-step warm-up left in the timing."""
+    spent, steps = 0.0, 0
+    while True:
+        took = run(2)
+        spent, steps = spent + took, steps + 2
+        if spent >= seconds and steps >= min_steps:
+            return took / 2
+
+
 def bench_model(name: str, shape, args, workers: dict, gpu: bool) -> dict:
     """Alternating repetitions of every participant on ``name``; returns images/s per rep.
 
@@ -200,14 +215,13 @@ def bench_model(name: str, shape, args, workers: dict, gpu: bool) -> dict:
           f"{local['jaxcnn'].compile_seconds:.1f} s", flush=True)
     steps, remote = {}, {}
     for key, runner in local.items():
-        runner.run(2)
-        steps[key] = steps_for(runner.run(2) / 2, args.seconds)
+        steps[key] = steps_for(warm_up(runner.run, args.warmup), args.seconds)
     for key, worker in workers.items():
         try:
             info = worker.ask(cmd="setup", model=name, shape=list(shape), batch=args.batch,
                               threads=args.threads, num_classes=local["jaxcnn"].num_classes,
                               device="cuda" if gpu else "cpu", warmup=3)
-            probe = worker.ask(cmd="run", steps=2)["seconds"] / 2
+            probe = warm_up(lambda n: worker.ask(cmd="run", steps=n)["seconds"], args.warmup)
         except RuntimeError as err:
             print(f"  {key}: unavailable for {name}: {err}", flush=True)
             continue
@@ -306,6 +320,8 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=2.0,
                         help="target length of one timed repetition (at least one step)")
+    parser.add_argument("--warmup", type=float, default=4.0,
+                        help="seconds each participant trains before it is timed")
     parser.add_argument("--pause", type=float, default=0.2,
                         help="seconds of rest between repetitions")
     parser.add_argument("--threads", type=int, default=None,
