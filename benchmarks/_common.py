@@ -6,12 +6,16 @@ PyTorch side's 3.11): only the standard library and NumPy.
   (``setup``, ``run``, ``quit``), one JSON reply a line on stdout.
 - :data:`SAME_MALLOC`, :func:`same_malloc_env`: the PyTorch side run with jaxcnn's glibc
   malloc settings (``--torch-same-malloc``).
+- :func:`cpu_times`, :func:`steal_share`, :func:`load`: how busy the machine was (CPU time
+  the hypervisor gave to other guests during a measurement; the load average).
+- :func:`torch_python`: the interpreter with torch.
 """
 from __future__ import annotations
 
 import gzip
 import json
 import os
+import pathlib
 import sys
 from typing import Callable
 
@@ -19,6 +23,16 @@ import numpy as np
 
 
 SAME_MALLOC = "PyTorch same malloc"
+DEFAULT_TORCH_PYTHON = pathlib.Path(__file__).resolve().parent.parent / ".venv-torch/bin/python"
+
+
+def torch_python(arg: str | None) -> str:
+    """``arg``, else ``$JAXCNN_TORCH_PYTHON``, else the checkout's ``.venv-torch``."""
+    return arg or os.environ.get("JAXCNN_TORCH_PYTHON") or str(DEFAULT_TORCH_PYTHON)
+
+
+def load() -> str:
+    return "%.2f %.2f %.2f" % os.getloadavg()
 
 
 def same_malloc_env() -> dict:
@@ -27,6 +41,28 @@ def same_malloc_env() -> dict:
     from jaxcnn.allocator import ENVIRONMENT
 
     return dict(os.environ, **ENVIRONMENT)
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, all) CPU time in clock ticks since boot, summed over the CPUs (``/proc/stat``:
+    user, nice, system, idle, iowait, irq, softirq, steal); None where there is no such file."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (ticks[7], sum(ticks)) if len(ticks) == 8 else None
+
+
+def steal_share(since: tuple[int, int] | None) -> str:
+    """The share of all CPU time since ``since`` (:func:`cpu_times`) that was stolen: time
+    this virtual machine's CPUs were runnable but the host ran other guests. On the shared
+    2-core VM these benchmarks were written on it measured 0.1% idle and 4-20% in the hours
+    when every figure, jaxcnn's and PyTorch's, dropped by a quarter or more."""
+    now = cpu_times()
+    if since is None or now is None or now[1] <= since[1]:
+        return "n/a"
+    return f"{(now[0] - since[0]) / (now[1] - since[1]):.1%}"
 
 
 def read_idx(path: str) -> np.ndarray:

@@ -43,12 +43,11 @@ import subprocess
 import sys
 import time
 
-from _common import SAME_MALLOC, same_malloc_env, serve
+from _common import (SAME_MALLOC, cpu_times, load, same_malloc_env, serve, steal_share,
+                     torch_python)
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 TORCH_SIDE = pathlib.Path(__file__).resolve().parent / "_torch_side.py"
 COMPILE_TIME = pathlib.Path(__file__).resolve().parent / "compile_time.py"
-DEFAULT_TORCH_PYTHON = ROOT / ".venv-torch" / "bin" / "python"
 MODELS = ("mnist_cnn", "lenet5", "resnet20", "resnet50")
 
 
@@ -60,20 +59,12 @@ def input_shape(name: str, gpu: bool) -> tuple[int, int, int]:
     return (28, 28, 1)
 
 
-def load() -> str:
-    return "%.2f %.2f %.2f" % os.getloadavg()
-
-
 def cpu_threads() -> int:
     """The cores this process may use: what XLA's CPU client sizes its thread pool by."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def torch_python(arg: str | None) -> str:
-    return arg or os.environ.get("JAXCNN_TORCH_PYTHON") or str(DEFAULT_TORCH_PYTHON)
 
 
 # --- the jax side -------------------------------------------------------------------------------
@@ -235,8 +226,9 @@ def bench_model(name: str, shape, args, workers: dict, gpu: bool) -> dict:
             print(f"  {key}: first step (compile) {info['compile_seconds']:.1f} s", flush=True)
     order = list(steps)
     print("  steps a repetition: " + ", ".join(f"{k} {steps[k]}" for k in order), flush=True)
-    rates = {key: [] for key in order}
+    rates, began = {key: [] for key in order}, cpu_times()
     for rep in range(args.reps):
+        rep_began = cpu_times()
         for key in (order if rep % 2 == 0 else order[::-1]):
             if key in local:
                 seconds = local[key].run(steps[key])
@@ -244,9 +236,10 @@ def bench_model(name: str, shape, args, workers: dict, gpu: bool) -> dict:
                 seconds = remote[key].ask(cmd="run", steps=steps[key])["seconds"]
             rates[key].append(steps[key] * args.batch / seconds)
             time.sleep(args.pause)  # let the last one's spinning threads go to sleep
-        print("  rep %d: %s" % (rep + 1, ", ".join(f"{k} {rates[k][-1]:,.0f}" for k in order)),
-              flush=True)
-    row["rates"] = rates
+        print("  rep %d: %s; steal %s" % (rep + 1, ", ".join(
+            f"{k} {rates[k][-1]:,.0f}" for k in order), steal_share(rep_began)), flush=True)
+    row["rates"], row["steal"] = rates, steal_share(began)
+    print(f"  CPU time stolen by the host during the repetitions: {row['steal']}", flush=True)
     del local
     return row
 
@@ -295,6 +288,8 @@ def report(rows, peak: float) -> None:
           "repetition's\npair, median (min-max); same-malloc: over PyTorch's "
           "with jaxcnn's malloc settings\n(--torch-same-malloc). guard: what the non-finite "
           "guard of train_step costs,\n(no-guard images/s) / (jaxcnn images/s) - 1.")
+    print("CPU time stolen by the host (other guests) during the repetitions: " + ", ".join(
+        f"{row['model']} {row['steal']}" for row in rows))
     for key in keys:
         if key not in ("jaxcnn", "no guard", "PyTorch", SAME_MALLOC):
             print(f"variant {key!r}: jaxcnn with XLA_FLAGS={VARIANTS[key]!r}")

@@ -54,18 +54,14 @@ import subprocess
 import sys
 import time
 
-from _common import SAME_MALLOC, load_mnist, same_malloc_env
+from _common import (SAME_MALLOC, cpu_times, load, load_mnist, same_malloc_env, steal_share,
+                     torch_python)
 
 START = time.perf_counter()
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TORCH_SIDE = pathlib.Path(__file__).resolve().parent / "_torch_side.py"
-DEFAULT_TORCH_PYTHON = ROOT / ".venv-torch" / "bin" / "python"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mnist"
 MEAN, STD = 0.1307, 0.3081
-
-
-def load() -> str:
-    return "%.2f %.2f %.2f" % os.getloadavg()
 
 
 # --- the jaxcnn worker (a subprocess) -------------------------------------------------------------
@@ -291,8 +287,7 @@ def main(argv=None) -> None:
           f"jaxcnn loop: {args.loop}, nonfinite={args.nonfinite!r}, malloc tuning "
           f"{args.malloc_tuning}; "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
-    torch_py = args.torch_python or os.environ.get("JAXCNN_TORCH_PYTHON") or str(
-        DEFAULT_TORCH_PYTHON)
+    torch_py = torch_python(args.torch_python)
     sides = {}
     if not args.no_jax:
         sides["jaxcnn"] = lambda seed: [sys.executable, __file__, "--worker", "--seed", str(seed),
@@ -309,13 +304,14 @@ def main(argv=None) -> None:
     runs = {name: [] for name in sides}
     for seed in range(args.seeds):
         for name, cmd in sides.items():
+            began = cpu_times()
             result = run_one(cmd(seed), env=side_env(name, args.malloc_tuning))
             runs[name].append(result)
             trail = ", ".join(f"{e:.2f}:{a:.4f}" for e, a, _ in result["evals"])
             got = (f"{result['reached']:.1f} s" if result["reached"] is not None
                    else "not reached")
             print(f"  seed {seed} {name:8s} {got:>12s}  (epoch:test accuracy {trail}) "
-                  f"load {os.getloadavg()[0]:.2f}", flush=True)
+                  f"load {os.getloadavg()[0]:.2f}, steal {steal_share(began)}", flush=True)
             if "error" in result:
                 print(result["error"])
     print()
