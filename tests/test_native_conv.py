@@ -6,7 +6,11 @@ build's errors. In CI (``CI=true``) the library must build: its absence is a fai
 """
 from __future__ import annotations
 
+import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -221,3 +225,49 @@ def test_implementation_names_bad_requests():
     with pytest.raises(ValueError, match="oneDNN has no input_gradient for x"):
         onednn.implementation("input_gradient", (1, 4, 4, 3), (9, 9, 3, 3), (1, 1),
                               ((0, 0), (0, 0)))
+
+
+ONE_TEAM = """
+import json, os, jax, jax.numpy as jnp
+from jaxcnn.native import conv, native_status
+assert native_status().available, native_status().reason
+
+def threads():
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            names.append(open(f"/proc/self/task/{tid}/comm").read().strip())
+        except FileNotFoundError:
+            pass
+    return sorted(names)
+
+@jax.jit
+def independent_convolutions(x, w):  # calls XLA is free to run on several of its threads
+    return [conv.forward(x * k, w, (1, 1), ((1, 1), (1, 1))) for k in range(8)]
+
+w = jnp.ones((3, 3, 16, 16))
+jax.block_until_ready(jnp.ones(4) * 2)  # XLA's own threads
+before = threads()
+for _ in range(10):  # 2x16x16x16: 8,192 elements, below the native thread's threshold
+    jax.block_until_ready(independent_convolutions(jnp.ones((2, 16, 16, 16)), w))
+small = threads()
+for _ in range(10):  # 64x16x16x16: 262,144 elements
+    jax.block_until_ready(independent_convolutions(jnp.ones((64, 16, 16, 16)), w))
+print(json.dumps([before, small, threads()]))
+"""
+
+
+def test_every_large_native_call_runs_on_one_thread_so_the_process_has_one_openmp_team():
+    # libgomp gives every thread that starts a parallel region its own team, and with more
+    # workers than CPUs it lets idle ones spin only briefly before they sleep, so XLA calling
+    # from several threads cost a kernel wake-up per region. The bridge's one native thread
+    # ("jaxcnn-native", which its OpenMP workers are named after) starts them all; small
+    # calls run on XLA's calling thread alone, with no team.
+    done = subprocess.run([sys.executable, "-c", ONE_TEAM], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, small, large = json.loads(done.stdout.strip().splitlines()[-1])
+    assert small == before  # no team, no native thread
+    # the native thread and its one worker for a team of OMP_NUM_THREADS=2, and nothing else
+    # (before, each calling XLA thread's team added a worker named after that thread)
+    assert sorted(large) == sorted(before + ["jaxcnn-native"] * 2), (before, large)

@@ -253,7 +253,7 @@ ffi::Error Forward(Buffer x, Buffer scale, Buffer shift, const float* res, Resul
                    Result mean, Result variance, float epsilon) {
   const int64_t rows = x.dimensions()[0] * x.dimensions()[1] * x.dimensions()[2];
   const int64_t c = x.dimensions()[3];
-  return jaxcnn_onednn::locked("batch_norm_relu (jaxcnn's kernel)", [&] {
+  return jaxcnn_onednn::locked("batch_norm_relu (jaxcnn's kernel)", x.element_count(), [&] {
     const float* in = x.typed_data();
     std::vector<double> sum, square;
     channel_sums(rows, c, sum, square, [&](int64_t first, int64_t count, double* s, double* q) {
@@ -299,7 +299,8 @@ ffi::Error Backward(Buffer x, const float* y, const float* shift, Buffer dy, Buf
                     float* dr, float epsilon) {
   const int64_t rows = x.dimensions()[0] * x.dimensions()[1] * x.dimensions()[2];
   const int64_t c = x.dimensions()[3];
-  return jaxcnn_onednn::locked("batch_norm_relu gradient (jaxcnn's kernel)", [&] {
+  return jaxcnn_onednn::locked("batch_norm_relu gradient (jaxcnn's kernel)", x.element_count(),
+                                [&] {
     const float *in = x.typed_data(), *grad = dy.typed_data();
     std::vector<float> factor(c);
     for (int64_t ch = 0; ch < c; ++ch)

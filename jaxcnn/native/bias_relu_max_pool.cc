@@ -282,7 +282,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> bias,
   auto geo = geometry(z.dimensions(), y->dimensions(), window, bias.dimensions());
   if (geo.has_error()) return geo.error();
   const Geometry g = *geo;
-  return jaxcnn_onednn::locked("bias_relu_max_pool (jaxcnn's kernel)", [&] {
+  return jaxcnn_onednn::locked("bias_relu_max_pool (jaxcnn's kernel)", z.element_count(), [&] {
     const TileIndex t(g, bias.typed_data());
     const float* in = z.typed_data();
     float* out = y->typed_data();
@@ -308,7 +308,8 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> bias,
   auto geo = geometry(z.dimensions(), dy.dimensions(), window, bias.dimensions());
   if (geo.has_error()) return geo.error();
   const Geometry g = *geo;
-  return jaxcnn_onednn::locked("bias_relu_max_pool gradient (jaxcnn's kernel)", [&] {
+  return jaxcnn_onednn::locked("bias_relu_max_pool gradient (jaxcnn's kernel)",
+                                z.element_count(), [&] {
     const bool per_tile = g.c >= kTileGradientChannels;
     const Block block = per_tile ? Block{0, 0} : gradient_block(g);
     const int64_t tile_rows = g.n * g.oh, rows = std::max<int64_t>(block.rows, 1);

@@ -104,7 +104,8 @@ ffi::Error InputGradient(ffi::Buffer<ffi::F32> grad, ffi::Buffer<ffi::F32> w,
   auto geo = geometry(grad.dimensions(), w.dimensions(), dx->dimensions(), top, left);
   if (geo.has_error()) return geo.error();
   const Geometry g = *geo;
-  return jaxcnn_onednn::locked("few_channel_input_gradient (jaxcnn's kernel)", [&] {
+  return jaxcnn_onednn::locked("few_channel_input_gradient (jaxcnn's kernel)",
+                                std::max(grad.element_count(), dx->element_count()), [&] {
     // kernel[q][e]: output channel q's weights over the field (HWI order), zeros past it
     const int64_t padded = g.padded();
     std::vector<float> kernel(g.o * padded, 0.f);

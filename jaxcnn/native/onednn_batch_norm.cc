@@ -69,7 +69,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, Vector scale, Vector shift,
   auto count = steps(y->dimensions(), operands, {4, 1, 1, 4, 1, 1}, step);
   if (count.has_error()) return count.error();
   memory::desc act = activation(x.dimensions());
-  return locked("batch normalization", [&] {
+  return locked("batch normalization", x.element_count(), [&] {
     const Prepared& p = prepared(key('n', act, epsilon), [&] {
       auto desc = forward_desc(act, epsilon);
       return prepare<dnnl::batch_normalization_forward>(desc, desc.weights_desc());
@@ -97,7 +97,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, Vector me
   auto count = steps(dx->dimensions(), operands, {4, 4, 1, 1, 1, 4, 1, 1}, step);
   if (count.has_error()) return count.error();
   memory::desc act = activation(x.dimensions());
-  return locked("batch normalization", [&] {
+  return locked("batch normalization", x.element_count(), [&] {
     const Prepared& p = prepared(key('N', act, epsilon), [&] {
       dnnl::batch_normalization_backward::primitive_desc desc(
           cpu_engine(), dnnl::prop_kind::backward, act, act, act, epsilon, flags(),

@@ -1,19 +1,25 @@
 // What jaxcnn's oneDNN calls from XLA share: the engine, the primitive cache, one scratch
-// buffer, one lock, the denormal mode of oneDNN's threads, and the slices jax.vmap stacks in
-// front of the operands. onednn_conv.cc (convolutions), onednn_matmul.cc (dense layers) and
+// buffer, one lock, the one thread that runs the larger calls (NativeThread), the denormal
+// mode of oneDNN's threads, and the slices jax.vmap stacks in front of the operands. onednn_conv.cc (convolutions), onednn_matmul.cc (dense layers) and
 // onednn_batch_norm.cc are compiled into one library, so these inline functions and their
 // statics exist once.
 #ifndef JAXCNN_ONEDNN_BRIDGE_H_
 #define JAXCNN_ONEDNN_BRIDGE_H_
 
+#include <algorithm>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <string>
+#include <thread>
 #include <unordered_map>
+
+#include <pthread.h>
 
 #include <omp.h>
 #include <pmmintrin.h>
@@ -154,18 +160,112 @@ inline void flush_denormals() {
   flushed = true;
 }
 
-// Runs `body` holding onednn_mutex, turning oneDNN's exceptions into FFI errors that name
-// `what` failed.
-template <typename Body>
-ffi::Error locked(const char* what, Body body) {
-  std::lock_guard<std::mutex> lock(onednn_mutex());
-  flush_denormals();
+// The one thread that runs every native call, so that the process has one OpenMP team.
+// libgomp gives each thread that starts a parallel region a team of its own, and once it
+// manages more threads than there are CPUs it lets idle workers spin only about 100 times
+// before they sleep in the kernel ("throttled" waiting). XLA calls us from up to four of its
+// threads: four teams on two cores, so every parallel region woke a sleeping worker (resnet20
+// at batch 128: about 370 voluntary context switches a step, the CPUs idle 18-20% of the
+// step, and each wake-up slow on a virtual machine whose host is busy). With one team its
+// worker spins between regions as PyTorch's do.
+class NativeThread {
+ public:
+  // Runs `task` on the native thread and waits for it; returns what it threw.
+  std::exception_ptr run(const std::function<void()>& task) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (!started_) {
+      std::thread(&NativeThread::serve, this).detach();
+      started_ = true;
+    }
+    task_ = &task;
+    done_ = false;
+    wake_.notify_one();
+    finished_.wait(lock, [this] { return done_; });
+    return error_;
+  }
+
+ private:
+  void serve() {
+    pthread_setname_np(pthread_self(), "jaxcnn-native");  // its OpenMP workers inherit it
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [this] { return task_ != nullptr; });
+      const std::function<void()>* task = task_;
+      task_ = nullptr;
+      lock.unlock();
+      std::exception_ptr error;
+      try {
+        (*task)();
+      } catch (...) {
+        error = std::current_exception();
+      }
+      lock.lock();
+      error_ = error;
+      done_ = true;
+      finished_.notify_one();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_, finished_;
+  const std::function<void()>* task_ = nullptr;
+  std::exception_ptr error_;
+  bool done_ = false, started_ = false;
+};
+
+// The process's native thread (callers hold onednn_mutex). It is never destroyed, since it
+// may still be waiting when the process exits; a child made by fork() has no such thread and
+// makes its own.
+inline NativeThread& native_thread() {
+  static NativeThread* current = nullptr;
+  static std::once_flag at_fork;
+  std::call_once(at_fork, [] { pthread_atfork(nullptr, nullptr, [] { current = nullptr; }); });
+  if (current == nullptr) current = new NativeThread();
+  return *current;
+}
+
+// Calls whose largest operand has fewer elements than this run on the calling thread alone,
+// with no OpenMP team: handing them to the native thread, whose worker then spins beside
+// XLA's own threads, made LeNet-5 steps at batch 24 (where C3's input gradient, 24x10x10x16,
+// is the only native call and XLA's fusions are most of the step) 0.69x as fast; one
+// thread alone costs them 5%. Every call at batch 128 in the zoo's models but LeNet-5's dense
+// layers is larger. The choice follows from the shapes, so each cached primitive is always
+// created and run with the same number of threads, as oneDNN requires.
+constexpr int64_t kNativeThreadElements = int64_t{1} << 16;
+
+inline std::exception_ptr on_this_thread_alone(const std::function<void()>& task) {
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  std::exception_ptr error;
   try {
+    task();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  omp_set_num_threads(threads);
+  return error;
+}
+
+// Runs `body` holding onednn_mutex, on the native thread (or, below kNativeThreadElements
+// elements in its largest operand, on the calling thread alone), turning its exceptions into
+// FFI errors that name `what` failed.
+template <typename Body>
+ffi::Error locked(const char* what, int64_t elements, Body body) {
+  std::lock_guard<std::mutex> lock(onednn_mutex());
+  const std::function<void()> task = [&] {
+    flush_denormals();
     body();
+  };
+  std::exception_ptr error = elements < kNativeThreadElements ? on_this_thread_alone(task)
+                                                              : native_thread().run(task);
+  if (!error) return ffi::Error::Success();
+  try {
+    std::rethrow_exception(error);
   } catch (const std::exception& err) {
     return ffi::Error::Internal(std::string("oneDNN ") + what + ": " + err.what());
+  } catch (...) {
+    return ffi::Error::Internal(std::string("oneDNN ") + what + ": unknown exception");
   }
-  return ffi::Error::Success();
 }
 
 // The first exception thrown in an OpenMP region's threads, rethrown after it (an exception

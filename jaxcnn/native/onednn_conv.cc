@@ -188,7 +188,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   auto s = slices(x.dimensions(), w.dimensions(), y->dimensions(), 4);
   if (s.has_error()) return s.error();
   Geometry g = geometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, pads);
-  return locked("convolution", [&] {
+  return locked("convolution", std::max(x.element_count(), y->element_count()), [&] {
     const Prepared& p = prepared(g.key('f'), [&] {
       auto desc = forward_desc(g);
       return prepare<dnnl::convolution_forward>(desc, desc.weights_desc());
@@ -207,7 +207,7 @@ ffi::Error ForwardBiasRelu(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
       bias.dimensions().size() != 1 || bias.dimensions()[0] != w.dimensions()[3])
     return ffi::Error::InvalidArgument("conv_bias_relu takes NHWC x, HWIO w, one bias per O");
   Geometry g = geometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, pads);
-  return locked("convolution", [&] {
+  return locked("convolution", std::max(x.element_count(), y->element_count()), [&] {
     const Prepared& p = prepared(g.key('r'), [&] {
       auto desc = forward_bias_relu_desc(g);
       return prepare<dnnl::convolution_forward>(desc, desc.weights_desc());
@@ -223,7 +223,7 @@ ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
   auto s = slices(dy.dimensions(), w.dimensions(), dx->dimensions(), 4);
   if (s.has_error()) return s.error();
   Geometry g = geometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, pads);
-  return locked("convolution", [&] {
+  return locked("convolution", std::max(dx->element_count(), dy.element_count()), [&] {
     const Prepared& p = prepared(g.key('x'), [&] {
       auto desc = input_gradient_desc(g);
       return prepare<dnnl::convolution_backward_data>(desc, desc.weights_desc());
@@ -238,7 +238,7 @@ ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   auto s = slices(x.dimensions(), dy.dimensions(), dw->dimensions(), 4);
   if (s.has_error()) return s.error();
   Geometry g = geometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, pads);
-  return locked("convolution", [&] {
+  return locked("convolution", std::max(x.element_count(), dy.element_count()), [&] {
     const Prepared& p = prepared(g.key('w'), [&] {
       auto desc = backward_desc<dnnl::convolution_backward_weights::primitive_desc>(g);
       return prepare<dnnl::convolution_backward_weights>(desc, desc.diff_weights_desc());

@@ -37,7 +37,8 @@ ffi::Error MatMul(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
   if ((ta ? ad[1] : ad[0]) != m || (tb ? bd[1] : bd[0]) != k || (tb ? bd[0] : bd[1]) != n)
     return ffi::Error::InvalidArgument("matmul operands do not fit the result");
   memory::desc a_desc = matrix(m, k, ta), b_desc = matrix(k, n, tb), c_desc = matrix(m, n, false);
-  return locked("matmul", [&] {
+  const int64_t largest = std::max({a.element_count(), b.element_count(), c->element_count()});
+  return locked("matmul", largest, [&] {
     char key[128];
     std::snprintf(key, sizeof key, "m %ld %ld %ld %d %d", long(m), long(k), long(n), ta, tb);
     const Prepared& p = prepared(key, [&] {
