@@ -1,7 +1,8 @@
 // What jaxcnn's oneDNN calls from XLA share: the engine, the primitive cache, one scratch
 // buffer, one lock, the one thread that runs the larger calls (NativeThread), the denormal
-// mode of oneDNN's threads, and the slices jax.vmap stacks in front of the operands. onednn_conv.cc (convolutions), onednn_matmul.cc (dense layers) and
-// onednn_batch_norm.cc are compiled into one library, so these inline functions and their
+// mode of oneDNN's threads, and the slices jax.vmap stacks in front of the operands.
+// onednn_conv.cc (convolutions), onednn_matmul.cc (dense layers), onednn_batch_norm.cc and
+// jaxcnn's own kernels are compiled into one library, so these inline functions and their
 // statics exist once.
 #ifndef JAXCNN_ONEDNN_BRIDGE_H_
 #define JAXCNN_ONEDNN_BRIDGE_H_
@@ -160,7 +161,8 @@ inline void flush_denormals() {
   flushed = true;
 }
 
-// The one thread that runs every native call, so that the process has one OpenMP team.
+// The one thread that runs the larger native calls (kNativeThreadElements below), so that the
+// process has one OpenMP team.
 // libgomp gives each thread that starts a parallel region a team of its own, and once it
 // manages more threads than there are CPUs it lets idle workers spin only about 100 times
 // before they sleep in the kernel ("throttled" waiting). XLA calls us from up to four of its
