@@ -176,7 +176,11 @@ class NativeThread {
   std::exception_ptr run(const std::function<void()>& task) {
     std::unique_lock<std::mutex> lock(mutex_);
     if (!started_) {
-      std::thread(&NativeThread::serve, this).detach();
+      try {
+        std::thread(&NativeThread::serve, this).detach();
+      } catch (...) {  // no thread to be had: the call fails with the system's reason
+        return std::current_exception();
+      }
       started_ = true;
     }
     task_ = &task;
