@@ -57,8 +57,8 @@ def cpu_times() -> tuple[int, int] | None:
 def steal_share(since: tuple[int, int] | None) -> str:
     """The share of all CPU time since ``since`` (:func:`cpu_times`) that was stolen: time
     this virtual machine's CPUs were runnable but the host ran other guests. On the shared
-    2-core VM these benchmarks were written on it measured 0.1% idle and 4-20% in the hours
-    when every figure, jaxcnn's and PyTorch's, dropped by a quarter or more."""
+    2-core VM these benchmarks were written on it measured 0.1% on an idle machine and 4-19%
+    in the hours when every figure, jaxcnn's and PyTorch's, dropped by a quarter or more."""
     now = cpu_times()
     if since is None or now is None or now[1] <= since[1]:
         return "n/a"

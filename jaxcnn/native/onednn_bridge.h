@@ -161,6 +161,17 @@ inline void flush_denormals() {
   flushed = true;
 }
 
+// Runs `task`, returning what it threw (nothing may leave a thread's entry function or an FFI
+// handler).
+inline std::exception_ptr run_capturing(const std::function<void()>& task) {
+  try {
+    task();
+  } catch (...) {
+    return std::current_exception();
+  }
+  return nullptr;
+}
+
 // The one thread that runs the larger native calls (kNativeThreadElements below), so that the
 // process has one OpenMP team.
 // libgomp gives each thread that starts a parallel region a team of its own, and once it
@@ -199,12 +210,7 @@ class NativeThread {
       const std::function<void()>* task = task_;
       task_ = nullptr;
       lock.unlock();
-      std::exception_ptr error;
-      try {
-        (*task)();
-      } catch (...) {
-        error = std::current_exception();
-      }
+      std::exception_ptr error = run_capturing(*task);
       lock.lock();
       error_ = error;
       done_ = true;
@@ -234,20 +240,16 @@ inline NativeThread& native_thread() {
 // with no OpenMP team: handing them to the native thread, whose worker then spins beside
 // XLA's own threads, made LeNet-5 steps at batch 24 (where C3's input gradient, 24x10x10x16,
 // is the only native call and XLA's fusions are most of the step) 0.69x as fast; one
-// thread alone costs them 5%. Every call at batch 128 in the zoo's models but LeNet-5's dense
-// layers is larger. The choice follows from the shapes, so each cached primitive is always
-// created and run with the same number of threads, as oneDNN requires.
+// thread alone costs them 5%. At batch 128 every native call of the benchmarked models
+// (mnist_cnn, lenet5, resnet20, resnet50) but LeNet-5's 400 -> 120 dense layer is larger.
+// The choice follows from the shapes, so each cached primitive is always created and run
+// with the same number of threads, as oneDNN requires.
 constexpr int64_t kNativeThreadElements = int64_t{1} << 16;
 
 inline std::exception_ptr on_this_thread_alone(const std::function<void()>& task) {
   const int threads = omp_get_max_threads();
   omp_set_num_threads(1);
-  std::exception_ptr error;
-  try {
-    task();
-  } catch (...) {
-    error = std::current_exception();
-  }
+  std::exception_ptr error = run_capturing(task);
   omp_set_num_threads(threads);
   return error;
 }
