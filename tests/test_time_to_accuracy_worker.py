@@ -1,0 +1,44 @@
+"""benchmarks/time_to_accuracy.py's jaxcnn worker on real MNIST: an evaluation scored in the
+background, while the next steps run, reports the same accuracies at the same epochs as one
+scored before the next step, and the run stops at the first evaluation at the target."""
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "time_to_accuracy.py"
+
+
+def worker_events(data_dir, evaluation: str, target: float) -> list[dict]:
+    # 250 steps of batch 24 (0.1 epoch), an evaluation every 62 or 63 steps
+    cmd = [sys.executable, str(SCRIPT), "--worker", "--seed", "0", "--eval", evaluation,
+           "--epochs", "0.1", "--evals-per-epoch", "40", "--target", str(target),
+           "--data-dir", str(data_dir)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={"JAXCNN_MALLOC_TUNING": "0", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def trail(events):
+    return [(e["epoch"], e["accuracy"]) for e in events if e["event"] == "eval"]
+
+
+def test_background_evaluation_scores_the_same_points_and_stops_at_the_first_one_on_target(
+        shared_data):
+    inline = worker_events(shared_data / "mnist", "inline", target=1.01)  # never reached
+    points = trail(inline)
+    assert [round(epoch * 2500) for epoch, _ in points] == [62, 125, 188, 250]
+    assert inline[-1]["event"] == "not_reached"
+    assert all(0.5 < accuracy < 1.0 for _, accuracy in points), points
+
+    # a target first met at the second or a later point, so the background run must have
+    # kept training past an evaluation that was still running or below the target
+    later = max(accuracy for _, accuracy in points[1:])
+    first_at_target = next(i for i, (_, accuracy) in enumerate(points) if accuracy >= later)
+    background = worker_events(shared_data / "mnist", "background", target=later)
+    assert trail(background) == points[:first_at_target + 1]
+    reached = background[-1]
+    assert reached["event"] == "reached"
+    assert (reached["epoch"], reached["accuracy"]) == points[first_at_target]
