@@ -81,10 +81,12 @@ def test_larger_layers_match_xla_to_float32_rounding(x_shape, w_shape, strides, 
 
 
 @pytest.mark.parametrize("x_shape,w_shape,padding", [
-    ((4, 14, 14, 6), (5, 5, 6, 16), ((0, 0), (0, 0))),   # LeNet-5's C3: 10 vectors (8 + 2)
-    ((2, 11, 9, 4), (5, 5, 4, 3), ((2, 1), (0, 3))),     # 7 vectors (4 + 2 + 1), uneven
-    ((2, 6, 7, 8), (4, 3, 8, 20), ((1, 2), (1, 0))),     # 6 vectors (4 + 2)
-    ((3, 8, 8, 1), (5, 5, 1, 6), ((2, 2), (2, 2))),      # 2 vectors
+    # field vectors of 16 floats; output rows in groups of 4 positions, then single ones
+    ((4, 14, 14, 6), (5, 5, 6, 16), ((0, 0), (0, 0))),   # LeNet-5's C3: 10 vectors, 10 = 4+4+1+1
+    ((2, 11, 9, 4), (5, 5, 4, 3), ((2, 1), (0, 3))),     # 7 vectors, 8 = 4+4, uneven padding
+    ((2, 6, 7, 8), (4, 3, 8, 20), ((1, 2), (1, 0))),     # 6 vectors, 6 = 4+1+1
+    ((3, 8, 8, 1), (5, 5, 1, 6), ((2, 2), (2, 2))),      # 2 vectors, 8 = 4+4
+    ((2, 7, 3, 2), (5, 3, 2, 4), ((1, 1), (0, 0))),      # 2 vectors, 1 position a row
 ])
 def test_few_channel_input_gradient_matches_xla(x_shape, w_shape, padding):
     rng = np.random.default_rng(5)

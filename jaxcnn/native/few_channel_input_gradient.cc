@@ -10,7 +10,7 @@
 // zeros too: LeNet-5's C3 at batch 128 took it 1.5 ms for 31M useful multiply-adds, 0.85-1.2
 // ms here (jaxcnn/models/conv.py says where each is used). Here each multiply-add is a
 // vector FMA of 16 field values (the kernel's row for one output channel) by one broadcast
-// output-gradient value, several vectors at once in registers.
+// output-gradient value, several vectors of four output positions at once in registers.
 //
 // Operands: g N x OH x OW x O, w KH x KW x C x O, the result N x H x W x C, float32, with
 // the forward pass's top and left padding (bottom and right follow from the shapes); no
@@ -34,9 +34,15 @@ using jaxcnn_onednn::Dims;
 // GCC's vector extension: one AVX-512 register, two AVX2 ones.
 typedef float Vec __attribute__((vector_size(64), aligned(4), may_alias));
 constexpr int64_t kWidth = 16;
-// At most this many vectors of the field are computed together, in registers across the
-// output channels (independent chains of multiply-adds that overlap).
+// At most this many vectors of fields are computed together, in registers across the
+// output channels (independent chains of multiply-adds that overlap): kGroup / kPositions
+// vectors of each of kPositions neighbouring output positions of a row, so that each kernel
+// vector loaded serves kPositions multiply-adds. LeNet-5's C3 alone (minimum of 15 x 200
+// calls, variants alternating in separate processes): one position and 8 vectors 240-367
+// us at batch 24, 827-1,056 us at batch 128; 4 positions and 2 vectors 216-295 and 657-679
+// us; 2 x 4, 2 x 8, 4 x 4, 8 x 1 and 8 x 2 no better.
 constexpr int64_t kGroup = 8;
+constexpr int64_t kPositions = 4;
 
 struct Geometry {
   int64_t n, h, w, c, kh, kw, o, oh, ow, top, left;
@@ -55,33 +61,44 @@ ffi::ErrorOr<Geometry> geometry(Dims g, Dims w, Dims x, int64_t top, int64_t lef
   return Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], g[1], g[2], top, left};
 }
 
-// field[e] for the G vectors from lane b on: the sum over output channels q of grad[q] *
-// kernel[q][e].
-template <int64_t G>
+// field[p][e] for P output positions and the G vectors from lane b on: the sum over output
+// channels q of grad[p][q] * kernel[q][e]. Each kernel vector loaded serves all P positions.
+template <int64_t P, int64_t G>
 __attribute__((always_inline)) inline void field_vectors(const Geometry& g, int64_t b,
                                                          const float* __restrict grad,
                                                          const float* __restrict kernel,
                                                          float* __restrict field) {
-  Vec acc[G] = {};
+  Vec acc[P][G] = {};
   for (int64_t q = 0; q < g.o; ++q) {
     const float* row = kernel + q * g.padded() + b;
-    const float s = grad[q];
-    for (int64_t v = 0; v < G; ++v) acc[v] += s * *reinterpret_cast<const Vec*>(row + v * kWidth);
+    float s[P];
+    for (int64_t p = 0; p < P; ++p) s[p] = grad[p * g.o + q];
+    for (int64_t v = 0; v < G; ++v) {
+      const Vec k = *reinterpret_cast<const Vec*>(row + v * kWidth);
+      for (int64_t p = 0; p < P; ++p) acc[p][v] += s[p] * k;
+    }
   }
-  for (int64_t v = 0; v < G; ++v) *reinterpret_cast<Vec*>(field + b + v * kWidth) = acc[v];
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t v = 0; v < G; ++v)
+      *reinterpret_cast<Vec*>(field + p * g.padded() + b + v * kWidth) = acc[p][v];
 }
 
-// field[e] = sum over output channels q of grad[q] * kernel[q][e], e < padded(): groups of
-// 8, 4, 2 and 1 vectors.
+// field[p][e] = sum over output channels q of grad[p][q] * kernel[q][e], e < padded(), for
+// P consecutive output positions: groups of kGroup / P, 4, 2 and 1 vectors.
+template <int64_t P>
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void field_gradient(const Geometry& g, const float* __restrict grad,
                     const float* __restrict kernel, float* __restrict field) {
+  constexpr int64_t kWide = kGroup / P;
   int64_t b = 0;
   const int64_t padded = g.padded();
-  for (; b + 8 * kWidth <= padded; b += 8 * kWidth) field_vectors<8>(g, b, grad, kernel, field);
-  if (b + 4 * kWidth <= padded) field_vectors<4>(g, b, grad, kernel, field), b += 4 * kWidth;
-  if (b + 2 * kWidth <= padded) field_vectors<2>(g, b, grad, kernel, field), b += 2 * kWidth;
-  if (b < padded) field_vectors<1>(g, b, grad, kernel, field);
+  for (; b + kWide * kWidth <= padded; b += kWide * kWidth)
+    field_vectors<P, kWide>(g, b, grad, kernel, field);
+  if (kWide > 4 && b + 4 * kWidth <= padded)
+    field_vectors<P, 4>(g, b, grad, kernel, field), b += 4 * kWidth;
+  if (kWide > 2 && b + 2 * kWidth <= padded)
+    field_vectors<P, 2>(g, b, grad, kernel, field), b += 2 * kWidth;
+  for (; b < padded; b += kWidth) field_vectors<P, 1>(g, b, grad, kernel, field);
 }
 
 // Adds an output position's field gradient into the image's input gradient.
@@ -114,17 +131,24 @@ ffi::Error InputGradient(ffi::Buffer<ffi::F32> grad, ffi::Buffer<ffi::F32> w,
     jaxcnn_onednn::Failure failure;
 #pragma omp parallel
     failure.guard([&] {
-      std::vector<float> field(padded);
+      std::vector<float> field(kPositions * padded);
 #pragma omp for schedule(static) nowait
       for (int64_t n = 0; n < g.n; ++n) {
         float* image = dx->typed_data() + n * g.h * g.w * g.c;
         std::fill(image, image + g.h * g.w * g.c, 0.f);
-        for (int64_t y = 0; y < g.oh; ++y)
-          for (int64_t x = 0; x < g.ow; ++x) {
-            field_gradient(g, grad.typed_data() + ((n * g.oh + y) * g.ow + x) * g.o,
-                           kernel.data(), field.data());
+        for (int64_t y = 0; y < g.oh; ++y) {
+          const float* row = grad.typed_data() + (n * g.oh + y) * g.ow * g.o;
+          int64_t x = 0;
+          for (; x + kPositions <= g.ow; x += kPositions) {
+            field_gradient<kPositions>(g, row + x * g.o, kernel.data(), field.data());
+            for (int64_t p = 0; p < kPositions; ++p)
+              add_field(g, y, x + p, field.data() + p * padded, image);
+          }
+          for (; x < g.ow; ++x) {
+            field_gradient<1>(g, row + x * g.o, kernel.data(), field.data());
             add_field(g, y, x, field.data(), image);
           }
+        }
       }
     });
     failure.rethrow();
