@@ -8,7 +8,9 @@ XLA:CPU's forward pass and 10-170 for forward and backward together; convolution
 than :data:`MIN_ONEDNN_MACS` multiply-adds keep XLA's routes, faster there; the input
 gradient of stride-1 layers with few input channels and a large enough receptive field is
 jaxcnn's own col2im kernel (:data:`MAX_FEW_CHANNELS`; LeNet-5's C3, whole LeNet-5 steps
-1.10x faster, paired, alternating in two processes). It needs the oneDNN
+1.10x faster, paired, alternating in two processes), and the kernel gradient of small
+stride-1 first layers with few outputs is jaxcnn's own too (:data:`MAX_FEW_TAP_OUTPUTS`;
+LeNet-5's C1 below oneDNN's threshold, whole steps at batch 24 1.09x). It needs the oneDNN
 wheels and a C++ compiler (:func:`jaxcnn.native.native_status` says whether it is in use, and
 why not); programs XLA partitions over several devices do without it
 (:func:`without_native_convolution`).
@@ -92,6 +94,11 @@ MAX_MATMUL_GRADIENT_CHANNELS = 12
 # in one process, 1.35 and 1.18x (medians; paired 1.29 and 1.20).
 MAX_FEW_CHANNELS = 8
 MIN_FEW_CHANNEL_FIELD = 96
+# Where the native library is in use, the kernel gradient of a stride-1 shift-and-add layer
+# (:data:`MAX_SHIFTED_TERMS`) below oneDNN's threshold with at most this many output channels
+# is jaxcnn's own kernel (``few_tap_kernel_gradient.cc``, whose header has the timings), not
+# XLA's: faster with 6 to 12 outputs, slower with 16.
+MAX_FEW_TAP_OUTPUTS = 8
 
 
 _XLA_ONLY = contextvars.ContextVar("jaxcnn_plain_lax_layers", default=False)
@@ -260,6 +267,12 @@ def _few_channel_kernel(w_shape, strides) -> bool:
     return strides == (1, 1) and c <= MAX_FEW_CHANNELS and kh * kw * c >= MIN_FEW_CHANNEL_FIELD
 
 
+def _few_tap_kernel(w_shape, strides) -> bool:
+    """Whether the kernel gradient is jaxcnn's few-tap kernel (:data:`MAX_FEW_TAP_OUTPUTS`)."""
+    o = w_shape[3]
+    return strides == (1, 1) and _is_shifted(w_shape) and o <= MAX_FEW_TAP_OUTPUTS
+
+
 def _backward(strides, padding, residuals, g):
     x, w = residuals
     if _few_channel_kernel(w.shape, strides) and onednn_allowed():
@@ -268,6 +281,8 @@ def _backward(strides, padding, residuals, g):
         dx = input_gradient_by_matmul(g, w, x.shape, padding)
     else:
         (dx,) = jax.linear_transpose(lambda v: _plain(v, w, strides, padding), x)(g)
+    if _few_tap_kernel(w.shape, strides) and onednn_allowed():
+        return dx, onednn.few_tap_kernel_gradient(x, g, w.shape, padding)
     if xla_kernel_gradient_is_faster(w.shape, padding):
         (dw,) = jax.linear_transpose(lambda v: _plain(x, v, strides, padding), w)(g)
         return dx, dw

@@ -1,8 +1,10 @@
 """Builds and loads jaxcnn's oneDNN bridge for XLA's CPU backend: convolutions
 (``onednn_conv.cc``), dense-layer matmuls (``onednn_matmul.cc``), batch normalization in
 training (``onednn_batch_norm.cc``) and jaxcnn's own kernels, bias + ReLU + max-pool
-(``bias_relu_max_pool.cc``) and batch normalization + (residual) + ReLU
-(``batch_norm_relu.cc``), one library.
+(``bias_relu_max_pool.cc``), batch normalization + (residual) + ReLU
+(``batch_norm_relu.cc``) and the input gradient of few-channel and kernel gradient of
+few-tap convolutions (``few_channel_input_gradient.cc``, ``few_tap_kernel_gradient.cc``),
+one library.
 
 The C++ sources are compiled on first use with the system's C++ compiler (``$CXX``, else
 ``g++``) against XLA's FFI headers (shipped in jaxlib) and oneDNN (the ``onednn-cpu-gomp`` and
@@ -36,7 +38,7 @@ import jaxlib
 HERE = pathlib.Path(__file__).parent
 SOURCES = (HERE / "onednn_conv.cc", HERE / "onednn_matmul.cc", HERE / "onednn_batch_norm.cc",
            HERE / "bias_relu_max_pool.cc", HERE / "batch_norm_relu.cc",
-           HERE / "few_channel_input_gradient.cc")
+           HERE / "few_channel_input_gradient.cc", HERE / "few_tap_kernel_gradient.cc")
 # Read by every source; part of the build key.
 HEADERS = (HERE / "onednn_bridge.h",)
 ENV_SWITCH = "JAXCNN_NATIVE_CONV"
@@ -55,7 +57,8 @@ TARGETS = {"jaxcnn_conv_forward": "JaxcnnConvForward",
            "jaxcnn_batch_norm_add_relu_forward": "JaxcnnBatchNormAddReluForward",
            "jaxcnn_batch_norm_relu_backward": "JaxcnnBatchNormReluBackward",
            "jaxcnn_batch_norm_add_relu_backward": "JaxcnnBatchNormAddReluBackward",
-           "jaxcnn_few_channel_input_gradient": "JaxcnnFewChannelInputGradient"}
+           "jaxcnn_few_channel_input_gradient": "JaxcnnFewChannelInputGradient",
+           "jaxcnn_few_tap_kernel_gradient": "JaxcnnFewTapKernelGradient"}
 INSTALL_HINT = ("pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0 "
                 "(or set $JAXCNN_ONEDNN_ROOT to a oneDNN 3 install with include/ and lib/)")
 
@@ -162,6 +165,6 @@ def native_status() -> NativeStatus:
                       f"(README, Performance): {err}", RuntimeWarning, stacklevel=2)
         return NativeStatus(False, str(err))
     return NativeStatus(True, f"oneDNN convolutions, matmuls and batch normalization, and the "
-                              f"bias-ReLU-max-pool, batch-norm-ReLU and few-channel input "
-                              f"gradient kernels, from {library}",
+                              f"bias-ReLU-max-pool, batch-norm-ReLU, few-channel input "
+                              f"gradient and few-tap kernel gradient kernels, from {library}",
                         library)

@@ -5,7 +5,8 @@ Each is one XLA FFI call into ``onednn_conv.cc`` (loaded by :mod:`jaxcnn.native.
 C++ side loops over. ``padding`` is ``((top, bottom), (left, right))``. They are the pieces
 ``jaxcnn.models.conv`` assembles into a differentiable convolution, with
 :func:`few_channel_input_gradient` (jaxcnn's own kernel) in place of oneDNN's input gradient
-for layers with few input channels; call them only where
+for layers with few input channels, and :func:`few_tap_kernel_gradient` (also jaxcnn's) for
+the kernel gradient of small first layers; call them only where
 :func:`jaxcnn.native.native_status` says the library is available.
 """
 from __future__ import annotations
@@ -67,6 +68,15 @@ def few_channel_input_gradient(g, w, x_shape, padding):
     out = jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32)
     return jax.ffi.ffi_call("jaxcnn_few_channel_input_gradient", out, vmap_method="sequential")(
         g, w, top=np.int64(padding[0][0]), left=np.int64(padding[1][0]))
+
+
+def few_tap_kernel_gradient(x, g, kernel_shape, padding):
+    """d(loss)/d(w) of a stride-1 convolution with few kernel taps by jaxcnn's own kernel
+    (``few_tap_kernel_gradient.cc``), from the input ``x``, the output gradient ``g`` and
+    the kernel's shape."""
+    out = jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32)
+    return jax.ffi.ffi_call("jaxcnn_few_tap_kernel_gradient", out, vmap_method="sequential")(
+        x, g, top=np.int64(padding[0][0]), left=np.int64(padding[1][0]))
 
 
 _PASSES = {"forward": b"f", "input_gradient": b"x", "kernel_gradient": b"w"}
