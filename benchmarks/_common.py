@@ -76,6 +76,15 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+MNIST_FILES = tuple(f"{prefix}-{kind}-idx{dims}-ubyte.gz" for prefix in ("train", "t10k")
+                    for kind, dims in (("images", 3), ("labels", 1)))
+
+
+def missing_mnist_files(data_dir: str) -> list[str]:
+    """The original MNIST files (``MNIST_FILES``) that ``data_dir`` lacks."""
+    return [name for name in MNIST_FILES if not os.path.isfile(os.path.join(data_dir, name))]
+
+
 def load_mnist(data_dir: str):
     """``((train images, labels), (test images, labels))``: uint8 ``(N, 28, 28)`` and
     ``(N,)``."""

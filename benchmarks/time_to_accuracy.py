@@ -33,7 +33,10 @@ the PyTorch script computes the same formula each step), and a test evaluation e
   channels_last, eager, ``torch.optim.Adam``, indexing the in-memory training tensors.
 
 The default recipe (batch 24, peak lr 3e-3, a 2-epoch cycle, 4 evaluations an epoch) is the
-fastest measured here that took jaxcnn to 99.0% in 5 of 5 seeds. On 2026-12-01 (jaxcnn only,
+fastest measured here that took jaxcnn to 99.0% in 5 of 5 seeds, by a hair: on 2026-12-02,
+seeds 0-9 reached it in 10 of 10 (seed 2 at 99.01%, seed 5 at 99.00%, both at 2 epochs)
+until C1's kernel gradient became jaxcnn's own kernel, whose float32 rounding leaves seed 2
+at 98.99% (9 of 10; 3e-3 and 2.5e-3 over 2.25 epochs also reached 9 of 10 that hour). On 2026-12-01 (jaxcnn only,
 5 seeds each, load 2-2.7): peak 2e-3 reached 99.0% in 4 of 5 (the fifth ended at 98.93%;
 until the matmul input gradient of LeNet-5's C3 changed its float32 rounding it was 5 of 5),
 3e-3 in 5 of 5 (14.0 s mean), 2.5e-3 over 2.25 epochs 5 of 5 (13.8 s, sd 1.8), 2e-3 over 2.25
@@ -61,8 +64,8 @@ import subprocess
 import sys
 import time
 
-from _common import (SAME_MALLOC, cpu_times, load, load_mnist, same_malloc_env, steal_share,
-                     torch_python)
+from _common import (SAME_MALLOC, cpu_times, load, load_mnist, missing_mnist_files,
+                     same_malloc_env, steal_share, torch_python)
 
 START = time.perf_counter()
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -313,6 +316,11 @@ def main(argv=None) -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    missing = missing_mnist_files(args.data_dir)
+    if missing:
+        parser.error(f"--data-dir {args.data_dir} lacks {', '.join(missing)}: point it at a "
+                     f"folder with the original MNIST files (../shared/data/mnist beside the "
+                     f"repository)")
     if args.worker:
         jax_worker(args)
         return

@@ -42,3 +42,13 @@ def test_background_evaluation_scores_the_same_points_and_stops_at_the_first_one
     reached = background[-1]
     assert reached["event"] == "reached"
     assert (reached["epoch"], reached["accuracy"]) == points[first_at_target]
+
+
+def test_a_data_folder_without_the_mnist_files_is_refused_by_name(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--no-torch", "--data-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert (f"--data-dir {tmp_path} lacks train-labels-idx1-ubyte.gz, "
+            f"t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz") in done.stderr
+    assert done.stdout == ""
