@@ -76,3 +76,13 @@ def test_lenet5_first_layer_takes_it_below_onednn_and_not_with_many_outputs():
     assert "jaxcnn_few_tap" not in jax.jit(strided).lower(
         jnp.ones((8, 16, 16, 3)), jnp.ones((3, 3, 3, 8))).compile().as_text()
     assert "jaxcnn_few_tap" not in text((128, 28, 28, 1), (5, 5, 1, 6), ((2, 2), (2, 2)))
+
+
+def test_shapes_that_are_no_stride_1_convolution_are_refused_by_name():
+    x, g = jnp.ones((1, 6, 6, 1)), jnp.ones((1, 4, 4, 2))
+    with pytest.raises(Exception, match="few_tap_kernel_gradient takes an NHWC input, an NHWC "
+                       "output gradient and the HWIO kernel's shape of a stride-1 convolution"):
+        onednn.few_tap_kernel_gradient(x, g, (3, 3, 2, 2), ((0, 0), (0, 0))).block_until_ready()
+    # a 2x2 kernel over a 6x6 image gives 5x5 outputs without padding, not 4x4
+    with pytest.raises(Exception, match="with non-negative padding"):
+        onednn.few_tap_kernel_gradient(x, g, (2, 2, 1, 2), ((0, 0), (0, 0))).block_until_ready()

@@ -44,22 +44,11 @@ constexpr int64_t kWidth = 16;
 constexpr int64_t kGroup = 8;
 constexpr int64_t kPositions = 4;
 
-struct Geometry {
-  int64_t n, h, w, c, kh, kw, o, oh, ow, top, left;
+struct Geometry : jaxcnn_onednn::Stride1Conv {
   int64_t field() const { return kh * kw * c; }
   int64_t vectors() const { return (field() + kWidth - 1) / kWidth; }
   int64_t padded() const { return vectors() * kWidth; }
 };
-
-ffi::ErrorOr<Geometry> geometry(Dims g, Dims w, Dims x, int64_t top, int64_t left) {
-  if (g.size() != 4 || w.size() != 4 || x.size() != 4 || g[0] != x[0] || w[2] != x[3] ||
-      w[3] != g[3] || top < 0 || left < 0 || g[1] + w[0] - 1 < top + x[1] ||
-      g[2] + w[1] - 1 < left + x[2])
-    return ffi::Error::InvalidArgument(
-        "few_channel_input_gradient takes an NHWC output gradient, an HWIO kernel and the "
-        "NHWC input's shape of a stride-1 convolution with non-negative padding");
-  return Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], g[1], g[2], top, left};
-}
 
 // field[p][e] for P output positions and the G vectors from lane b on: the sum over output
 // channels q of grad[p][q] * kernel[q][e]. Each kernel vector loaded serves all P positions.
@@ -118,7 +107,10 @@ void add_field(const Geometry& g, int64_t y, int64_t x, const float* __restrict 
 
 ffi::Error InputGradient(ffi::Buffer<ffi::F32> grad, ffi::Buffer<ffi::F32> w,
                          ffi::ResultBuffer<ffi::F32> dx, int64_t top, int64_t left) {
-  auto geo = geometry(grad.dimensions(), w.dimensions(), dx->dimensions(), top, left);
+  auto geo = jaxcnn_onednn::stride1_conv<Geometry>(
+      dx->dimensions(), w.dimensions(), grad.dimensions(), top, left,
+      "few_channel_input_gradient takes an NHWC output gradient, an HWIO kernel and the NHWC "
+      "input's shape");
   if (geo.has_error()) return geo.error();
   const Geometry g = *geo;
   return jaxcnn_onednn::locked("few_channel_input_gradient (jaxcnn's kernel)",
@@ -158,9 +150,4 @@ ffi::Error InputGradient(ffi::Buffer<ffi::F32> grad, ffi::Buffer<ffi::F32> w,
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnFewChannelInputGradient, InputGradient,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("top")
-                                  .Attr<int64_t>("left"));
+                              jaxcnn_onednn::stride1_binding());

@@ -42,23 +42,12 @@ typedef float Vec __attribute__((vector_size(64), aligned(4), may_alias));
 constexpr int64_t kWidth = 16;
 constexpr int64_t kMaxTaps = 5;  // taps of one kernel row accumulated together
 
-struct Geometry {
-  int64_t n, h, w, c, kh, kw, o, oh, ow, top, left;
+struct Geometry : jaxcnn_onednn::Stride1Conv {
   int64_t lanes() const { return (ow * o + kWidth - 1) / kWidth * kWidth; }  // one g row
   int64_t rows() const { return oh + kh - 1; }  // padded input rows that the taps read
   // one expanded input row: read up to (kw - 1) * o + lanes() floats
   int64_t expanded() const { return ((kw - 1) * o + lanes() + kWidth - 1) / kWidth * kWidth; }
 };
-
-ffi::ErrorOr<Geometry> geometry(Dims x, Dims g, Dims w, int64_t top, int64_t left) {
-  if (x.size() != 4 || g.size() != 4 || w.size() != 4 || g[0] != x[0] || w[2] != x[3] ||
-      w[3] != g[3] || top < 0 || left < 0 || g[1] + w[0] - 1 < top + x[1] ||
-      g[2] + w[1] - 1 < left + x[2])
-    return ffi::Error::InvalidArgument(
-        "few_tap_kernel_gradient takes an NHWC input, an NHWC output gradient and the HWIO "
-        "kernel's shape of a stride-1 convolution with non-negative padding");
-  return Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], g[1], g[2], top, left};
-}
 
 // sums[(i * kw + j0 + j) * C + c][lane] += the taps (i, j0 + j, c), j < KW, over one image's
 // rows, for the B vectors from lane v on.
@@ -144,7 +133,10 @@ void prepare_image(const Geometry& g, const float* x, const float* grad, float* 
 
 ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> grad,
                           ffi::ResultBuffer<ffi::F32> dw, int64_t top, int64_t left) {
-  auto geo = geometry(x.dimensions(), grad.dimensions(), dw->dimensions(), top, left);
+  auto geo = jaxcnn_onednn::stride1_conv<Geometry>(
+      x.dimensions(), dw->dimensions(), grad.dimensions(), top, left,
+      "few_tap_kernel_gradient takes an NHWC input, an NHWC output gradient and the HWIO "
+      "kernel's shape");
   if (geo.has_error()) return geo.error();
   const Geometry g = *geo;
   // a single-threaded kernel: on the calling thread, whatever the operands' size
@@ -171,9 +163,4 @@ ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> grad,
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnFewTapKernelGradient, KernelGradient,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("top")
-                                  .Attr<int64_t>("left"));
+                              jaxcnn_onednn::stride1_binding());

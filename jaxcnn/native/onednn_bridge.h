@@ -41,6 +41,37 @@ inline dnnl::engine& cpu_engine() {
 }
 
 // The product of the dimensions in front of the trailing `rank` ones (the vmapped slices).
+// The sizes of a stride-1 convolution: input n x h x w x c (NHWC), a kh x kw kernel, o
+// output channels on oh x ow, top and left padding (bottom and right follow from the rest).
+struct Stride1Conv {
+  int64_t n, h, w, c, kh, kw, o, oh, ow, top, left;
+};
+
+// The sizes from NHWC x, HWIO w and NHWC g (the output, or its gradient), as a Geometry
+// (Stride1Conv or a struct derived from it), or an error that says `takes` (what the kernel
+// takes) and what these shapes must be.
+template <typename Geometry = Stride1Conv>
+ffi::ErrorOr<Geometry> stride1_conv(Dims x, Dims w, Dims g, int64_t top, int64_t left,
+                                    const std::string& takes) {
+  if (x.size() != 4 || w.size() != 4 || g.size() != 4 || g[0] != x[0] || w[2] != x[3] ||
+      w[3] != g[3] || top < 0 || left < 0 || g[1] + w[0] - 1 < top + x[1] ||
+      g[2] + w[1] - 1 < left + x[2])
+    return ffi::Error::InvalidArgument(takes +
+                                       " of a stride-1 convolution with non-negative padding");
+  return Geometry{Stride1Conv{x[0], x[1], x[2], x[3], w[0], w[1], w[3], g[1], g[2], top, left}};
+}
+
+// The FFI signature of jaxcnn's stride-1 kernels: two float32 operands, one float32 result,
+// and the top and left padding.
+inline auto stride1_binding() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("top")
+      .Attr<int64_t>("left");
+}
+
 inline int64_t leading(Dims d, size_t rank) {
   int64_t count = 1;
   for (size_t i = 0; i + rank < d.size(); ++i) count *= d[i];
