@@ -36,9 +36,10 @@ The default recipe (batch 24, peak lr 3e-3, a 2-epoch cycle, 4 evaluations an ep
 fastest measured here that took jaxcnn to 99.0% in 5 of 5 seeds, by a hair: on 2026-12-02,
 seeds 0-9 reached it in 10 of 10 (seed 2 at 99.01%, seed 5 at 99.00%, both at 2 epochs)
 until C1's kernel gradient became jaxcnn's own kernel, whose float32 rounding leaves seed 2
-at 98.99% (9 of 10; 3e-3 and 2.5e-3 over 2.25 epochs also reached 9 of 10 that hour). On 2026-12-01 (jaxcnn only,
-5 seeds each, load 2-2.7): peak 2e-3 reached 99.0% in 4 of 5 (the fifth ended at 98.93%;
-until the matmul input gradient of LeNet-5's C3 changed its float32 rounding it was 5 of 5),
+at 98.99% (9 of 10; 3e-3 and 2.5e-3 over 2.25 epochs also reached 9 of 10 that hour).
+On 2026-12-01 (jaxcnn only, 5 seeds each, load 2-2.7): peak 2e-3 reached 99.0% in 4 of 5
+(the fifth ended at 98.93%; until the matmul input gradient of LeNet-5's C3 changed its
+float32 rounding it was 5 of 5),
 3e-3 in 5 of 5 (14.0 s mean), 2.5e-3 over 2.25 epochs 5 of 5 (13.8 s, sd 1.8), 2e-3 over 2.25
 epochs 5 of 5 (17.9 s), batch 32 at 3e-3 3 of 5. Earlier: batch 16 over 1.75 or 2 epochs 3 to
 5 of 5 from run to run. LeNet-5 ends these short cycles at 98.9-99.2%. Small batches cost eager
@@ -329,8 +330,8 @@ def main(argv=None) -> None:
     print(f"recipe: {args.model}, batch {args.batch}, Adam, {args.schedule} schedule peaking at "
           f"lr {args.lr} over {args.epochs} epochs, test evaluation every "
           f"1/{args.evals_per_epoch} epoch, target {args.target:.1%} on the 10,000 test images; "
-          f"jaxcnn loop: {args.loop}, evaluation: {args.eval}, nonfinite={args.nonfinite!r}, malloc tuning "
-          f"{args.malloc_tuning}; "
+          f"jaxcnn loop: {args.loop}, evaluation: {args.eval}, nonfinite={args.nonfinite!r}, "
+          f"malloc tuning {args.malloc_tuning}; "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
     torch_py = torch_python(args.torch_python)
     sides = {}

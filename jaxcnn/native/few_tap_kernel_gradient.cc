@@ -75,8 +75,9 @@ __attribute__((always_inline)) inline void row_taps(const Geometry& g, int64_t i
 }
 
 template <int64_t KW>
-__attribute__((always_inline)) inline void kernel_row(const Geometry& g, int64_t i, int64_t c, int64_t j0, const float* grad,
-                const float* expanded, float* sums) {
+__attribute__((always_inline)) inline void kernel_row(const Geometry& g, int64_t i, int64_t c,
+                                                      int64_t j0, const float* grad,
+                                                      const float* expanded, float* sums) {
   int64_t v = 0;
   for (; v + 2 * kWidth <= g.lanes(); v += 2 * kWidth)
     row_taps<KW, 2>(g, i, c, j0, v, grad, expanded, sums);

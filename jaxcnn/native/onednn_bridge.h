@@ -40,7 +40,6 @@ inline dnnl::engine& cpu_engine() {
   return engine;
 }
 
-// The product of the dimensions in front of the trailing `rank` ones (the vmapped slices).
 // The sizes of a stride-1 convolution: input n x h x w x c (NHWC), a kh x kw kernel, o
 // output channels on oh x ow, top and left padding (bottom and right follow from the rest).
 struct Stride1Conv {
@@ -72,6 +71,7 @@ inline auto stride1_binding() {
       .Attr<int64_t>("left");
 }
 
+// The product of the dimensions in front of the trailing `rank` ones (the vmapped slices).
 inline int64_t leading(Dims d, size_t rank) {
   int64_t count = 1;
   for (size_t i = 0; i + rank < d.size(); ++i) count *= d[i];
