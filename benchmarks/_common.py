@@ -76,13 +76,13 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-MNIST_FILES = tuple(f"{prefix}-{kind}-idx{dims}-ubyte.gz" for prefix in ("train", "t10k")
-                    for kind, dims in (("images", 3), ("labels", 1)))
-
-
 def missing_mnist_files(data_dir: str) -> list[str]:
-    """The original MNIST files (``MNIST_FILES``) that ``data_dir`` lacks."""
-    return [name for name in MNIST_FILES if not os.path.isfile(os.path.join(data_dir, name))]
+    """The original MNIST files (as ``jaxcnn.data.files`` lists them) that ``data_dir``
+    lacks."""
+    from jaxcnn.data.files import MANUAL_SOURCES
+
+    return [f.name for f in MANUAL_SOURCES["mnist"].variants[0]
+            if not os.path.isfile(os.path.join(data_dir, f.name))]
 
 
 def load_mnist(data_dir: str):

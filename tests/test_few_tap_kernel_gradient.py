@@ -24,6 +24,7 @@ require_native_bridge()
     ((2, 10, 12, 3), (3, 3, 3, 8), ((1, 1), (1, 1))),   # a CIFAR stem with 8 outputs
     ((3, 8, 8, 1), (1, 1, 1, 4), ((0, 0), (0, 0))),     # one tap
     ((2, 5, 4, 1), (5, 4, 1, 3), ((4, 0), (3, 0))),     # one output column, padding ahead only
+    ((2, 6, 7, 1), (3, 3, 1, 20), ((1, 1), (1, 1))),    # 20 outputs: two vectors a value
 ])
 def test_few_tap_kernel_gradient_matches_xla(x_shape, w_shape, padding):
     rng = np.random.default_rng(7)

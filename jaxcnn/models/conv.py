@@ -269,8 +269,7 @@ def _few_channel_kernel(w_shape, strides) -> bool:
 
 def _few_tap_kernel(w_shape, strides) -> bool:
     """Whether the kernel gradient is jaxcnn's few-tap kernel (:data:`MAX_FEW_TAP_OUTPUTS`)."""
-    o = w_shape[3]
-    return strides == (1, 1) and _is_shifted(w_shape) and o <= MAX_FEW_TAP_OUTPUTS
+    return strides == (1, 1) and _is_shifted(w_shape) and w_shape[3] <= MAX_FEW_TAP_OUTPUTS
 
 
 def _backward(strides, padding, residuals, g):

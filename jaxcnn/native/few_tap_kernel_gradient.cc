@@ -104,7 +104,7 @@ void add_image(const Geometry& g, const float* grad, const float* expanded, floa
 // input rows 0 .. rows() - 1, channel by channel, each value repeated o times (zeros in the
 // padding and past the row). Each value is written as whole vectors from where its copies
 // start, rows and columns in increasing order, so the next value's vectors overwrite what
-// spilled past its copies; `expanded` has kWidth floats of room past its last row.
+// spilled past its copies; `expanded` has room for one value's vectors past its last row.
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void prepare_image(const Geometry& g, const float* x, const float* grad, float* padded_grad,
                    float* expanded) {
@@ -144,7 +144,7 @@ ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> grad,
   return jaxcnn_onednn::locked("few_tap_kernel_gradient (jaxcnn's kernel)", 0, [&] {
     const int64_t lanes = g.lanes(), taps = g.kh * g.kw * g.c;
     std::vector<float> sums(taps * lanes, 0.f), padded_grad(g.oh * lanes),
-        expanded(g.rows() * g.c * g.expanded() + kWidth);
+        expanded(g.rows() * g.c * g.expanded() + (g.o + kWidth - 1) / kWidth * kWidth);
     for (int64_t n = 0; n < g.n; ++n) {
       prepare_image(g, x.typed_data() + n * g.h * g.w * g.c,
                     grad.typed_data() + n * g.oh * g.ow * g.o, padded_grad.data(),
