@@ -32,6 +32,7 @@ in channels_last memory format, trained eagerly with ``torch.optim.Adam``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -263,6 +264,10 @@ def tta(args) -> None:
 
     model = build(args.model, (28, 28, 1), 10).to(memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    # the moving average of the parameters that is evaluated (jaxcnn.train.ema_update's
+    # recurrence, as torch.optim.swa_utils.get_ema_multi_avg_fn computes it), or the model
+    evaluated = copy.deepcopy(model) if args.average else model
+    averages, params = list(evaluated.parameters()), list(model.parameters())
     n, bs = len(xtr), args.batch
     steps_per_epoch = n // bs  # drop the last partial batch, as the jaxcnn side does
     total = round(steps_per_epoch * args.epochs)
@@ -281,12 +286,20 @@ def tta(args) -> None:
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(prepare(xtr[idx])), ytr[idx]).backward()
         opt.step()
-        if step + 1 in evals:
-            model.eval()
+        if args.average:
             with torch.no_grad():
-                correct = sum(int((model(prepare(xte[j:j + 2000])).argmax(1)
+                torch._foreach_lerp_(averages, params, 1.0 - args.average)
+        if step + 1 in evals:
+            if args.average:  # running statistics, where the model has any, as they stand
+                for kept, current in zip(evaluated.buffers(), model.buffers()):
+                    kept.copy_(current)
+            model.eval()
+            evaluated.eval()
+            with torch.no_grad():
+                correct = sum(int((evaluated(prepare(xte[j:j + 2000])).argmax(1)
                                    == yte[j:j + 2000]).sum()) for j in range(0, len(xte), 2000))
             model.train()
+            evaluated.train()
             acc, where = correct / len(xte), (step + 1) / steps_per_epoch
             emit(event="eval", epoch=where, accuracy=acc, t=time.perf_counter() - START)
             if acc >= args.target:
@@ -306,7 +319,8 @@ def main() -> None:
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--schedule", default="onecycle", choices=("onecycle", "cosine", "constant"))
     t.add_argument("--warmup", type=float, default=0.2)
-    t.add_argument("--epochs", type=float, default=2)
+    t.add_argument("--epochs", type=float, default=3)
+    t.add_argument("--average", type=float, default=0.0)
     t.add_argument("--evals-per-epoch", type=int, default=4)
     t.add_argument("--target", type=float, default=0.99)
     t.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))

@@ -12,40 +12,44 @@ Both sides train the same model on the same data with the same recipe: images sc
 training images reshuffled every epoch in batches of ``--batch`` (the last partial batch
 dropped), Adam with a one-cycle learning-rate schedule (``optax.cosine_onecycle_schedule``;
 the PyTorch script computes the same formula each step), and a test evaluation every
-``1/--evals-per-epoch`` of an epoch. No augmentation, no persistent compilation cache.
+``1/--evals-per-epoch`` of an epoch of an exponential moving average of the parameters
+(``--average``, below). No augmentation, no persistent compilation cache.
 
 - jaxcnn: ``jaxcnn.models.get_model`` and the library's own ``jaxcnn.train.train_step``;
   the whole training set lives on the device and each dispatch of one jitted gather+step
-  takes its batch from a permutation row. ``--loop scan`` runs the steps between two
-  evaluations as one ``jax.lax.scan`` instead: measured 4x slower on XLA:CPU (LeNet-5, batch
-  32: 2,700 against 11,900 images/s), whose while-loop bodies keep convolutions in layouts
-  its convolution libraries do not take, so they run as plain loops (``wrapped_convolution``).
+  takes its batch from a permutation row (``--loop scan``, one ``jax.lax.scan`` between two
+  evaluations, ran 4x slower: XLA:CPU's loop bodies run convolutions as plain loops).
   The test set is scored in chunks of 1,000 images by one compiled forward pass, on a copy
-  of the parameters, and in the background (``--eval background``, the default): the train
-  steps that follow are dispatched at once and run beside it on the core that batch-24
-  steps leave idle (their thunks keep about one of the two busy), and the run stops as soon
-  as a finished evaluation is at the target, reporting that evaluation's epoch. Against
-  scoring before the next step (``--eval inline``), alternating on seeds 0-4 (time to the
-  target inside the worker): 13.0-13.6 s (mean 13.3) against 13.3-15.6 s (mean 14.1),
-  0.19-2.43 s sooner (median 0.40), with the same accuracies, since the steps are the same.
+  of the evaluated variables, in the background (``--eval background``, the default): the
+  next steps run beside it on the core that batch-24 steps leave idle, and the run stops as
+  soon as a finished evaluation is at the target. Against scoring before the next step
+  (``--eval inline``), alternating on seeds 0-4: 0.19-2.43 s sooner (median 0.40 s), with
+  the same accuracies.
 - PyTorch (``benchmarks/_torch_side.py tta``, under ``--torch-python`` /
   ``$JAXCNN_TORCH_PYTHON``, default ``.venv-torch/bin/python``): the same network in
   channels_last, eager, ``torch.optim.Adam``, indexing the in-memory training tensors.
 
-The default recipe (batch 24, peak lr 3e-3, a 2.5-epoch cycle, 4 evaluations an epoch) is the
-fastest measured here that took jaxcnn to 99.0% in every seed tried: 10 of 10 over seeds 0-9
-on 2026-12-02 (15.9 s mean, in an hour with 0.1-7.5% steal; 99% at 2.05 epochs on average).
-The 2-epoch cycle used before reached it by a hair: 10 of 10 over seeds 0-9 (seed 2 at
-99.01%, seed 5 at 99.00%, both at 2 epochs) until C1's kernel gradient became jaxcnn's own
-kernel, whose float32 rounding leaves seed 2 at 98.99% (9 of 10, 16.4 s mean in a slower
-hour; 3e-3 and 2.5e-3 over 2.25 epochs also reached 9 of 10 that hour, and evaluating every
-1/8 epoch did not rescue seed 2). On 2026-12-01 (jaxcnn only, 5 seeds each, load 2-2.7): peak 2e-3 reached 99.0% in 4 of 5
-(the fifth ended at 98.93%; until the matmul input gradient of LeNet-5's C3 changed its
-float32 rounding it was 5 of 5),
-3e-3 in 5 of 5 (14.0 s mean), 2.5e-3 over 2.25 epochs 5 of 5 (13.8 s, sd 1.8), 2e-3 over 2.25
-epochs 5 of 5 (17.9 s), batch 32 at 3e-3 3 of 5. Earlier: batch 16 over 1.75 or 2 epochs 3 to
-5 of 5 from run to run. LeNet-5 ends these short cycles at 98.9-99.2%. Small batches cost eager
-PyTorch a Python dispatch per operation and jaxcnn one per step: that is the comparison.
+The default recipe (batch 24, peak lr 3e-3, a 3-epoch cycle, 4 evaluations an epoch of a
+moving average of the parameters, decay 0.998: ``--average``, ``jaxcnn.train.ema_update``;
+Polyak and Juditsky 1992) is the fastest measured here that took jaxcnn to 99.0% in every
+seed tried, with room to spare: 20 of 20 over seeds 0-19 on 2026-12-02 (8.9 s mean on an
+unloaded Xeon, 99% at 1.70 epochs on average). Evaluating the parameters themselves leaves
+LeNet-5 at 98.9-99.2% at the end of such short cycles, so rounding decides marginal seeds:
+the 2-epoch cycle reached 10 of 10 over seeds 0-9 (seed 2 at 99.01%, seed 5 at 99.00%) until
+C1's kernel gradient changed its float32 rounding (9 of 10), and the 2.5-epoch cycle, 10 of
+10 on the machine of the earlier runs, reached 9 of 10 on this Xeon (seed 2 peaked at 98.96%). Over seeds
+0-9 at 2.5 epochs, with an evaluation every 1/8 epoch (one process scoring the parameters
+and averages of several decays side by side), the averages reached 99% sooner: decay 0.998
+at 1.57 epochs on average against 2.05 for the parameters, but seed 2's average too ended at
+98.9%; over 3 epochs the average at 0.998 reached 99% in 10 of 10 at 1.65 epochs, ended at
+99.10-99.28%, and was at or above 99.08% in every seed from 2.25 epochs on (the parameters:
+2.21 epochs, ending at 99.08-99.24%). Decays 0.99, 0.995 and 0.999 reached 99% at 1.92, 1.74
+and 1.76 epochs over those 3-epoch runs. Earlier, without the average (jaxcnn only, 5 seeds
+each): peak 2e-3 over 2 epochs 4 of 5, 2.5e-3 over 2.25 epochs 5 of 5 (13.8 s), batch 32 at
+3e-3 3 of 5, batch 16 over 1.75 or 2 epochs 3 to 5 of 5 from run to run. Small batches cost
+eager PyTorch a Python dispatch per operation and jaxcnn one per step: that is the
+comparison. The PyTorch script averages its parameters with the same recurrence
+(``torch._foreach_lerp_``, what ``torch.optim.swa_utils.get_ema_multi_avg_fn`` does).
 
 The recipe runs jaxcnn with ``JAXCNN_MALLOC_TUNING=0`` (``--malloc-tuning off``): the single
 malloc arena that ``import jaxcnn`` sets up (``jaxcnn.allocator``) keeps batch-128 steps free of
@@ -53,7 +57,8 @@ page faults, but in batch-24 LeNet-5 steps XLA's threads wait on its lock: 9,808
 against 10,152-12,155 images/s, and 99% in 14.6-15.2 s against 13.1-14.5 s (3 seeds each).
 
     python benchmarks/time_to_accuracy.py [--seeds 5] [--model lenet5] [--batch 24]
-        [--lr 3e-3] [--epochs 2.5] [--evals-per-epoch 4] [--malloc-tuning off|on] [--no-torch]
+        [--lr 3e-3] [--epochs 3] [--average 0.998] [--evals-per-epoch 4]
+        [--malloc-tuning off|on] [--no-torch]
 """
 from __future__ import annotations
 
@@ -100,7 +105,7 @@ def jax_worker(args) -> None:
     import optax
 
     from jaxcnn.models import get_model
-    from jaxcnn.train import create_train_state, train_step
+    from jaxcnn.train import create_train_state, ema_update, train_step
 
     emit(event="imported", t=time.perf_counter() - START)
     n_train, n_test, bs = 60000, 10000, args.batch
@@ -110,27 +115,36 @@ def jax_worker(args) -> None:
     model = get_model(args.model)
     state = create_train_state(model, (28, 28, 1), tx, seed=args.seed)
     step_fn = functools.partial(train_step, nonfinite=args.nonfinite)
+    # the carry: the train state and the average of its parameters that is evaluated (None
+    # with --average 0: the parameters themselves are)
+    carry = (state, jax.tree.map(jnp.copy, state.params) if args.average else None)
 
     def gather(x, y, idx):
         """The batch ``idx`` of the uint8 images on the device, normalised (fused into the step)."""
         image = (jnp.take(x, idx, axis=0).astype(jnp.float32) * (1 / 255.0) - MEAN) / STD
         return {"image": image[..., None], "label": jnp.take(y, idx, axis=0).astype(jnp.int32)}
 
-    def train_chunk(state, x, y, idx):  # idx: (steps, batch), one dispatch for all of them
-        def body(state, batch_idx):
-            state, sums = step_fn(state, gather(x, y, batch_idx))
-            return state, sums["loss_sum"]
-        return jax.lax.scan(body, state, idx)
+    def train_one(carry, x, y, idx):  # idx: (batch,)
+        state, average = carry
+        state, sums = step_fn(state, gather(x, y, idx))
+        if average is not None:
+            average = ema_update(average, state.params, args.average)
+        return (state, average), sums
 
-    def train_one(state, x, y, idx):  # idx: (batch,)
-        return step_fn(state, gather(x, y, idx))
+    def train_chunk(carry, x, y, idx):  # idx: (steps, batch), one dispatch for all of them
+        def body(carry, batch_idx):
+            carry, sums = train_one(carry, x, y, batch_idx)
+            return carry, sums["loss_sum"]
+        return jax.lax.scan(body, carry, idx)
 
     eval_batch = 1000  # the 10,000 images in 0.17 s; 0.23 s in chunks of 2,000, 0.29 s at once
 
-    def snapshot(state):
-        """A copy of the variables the evaluation reads: the next train step may then donate
-        the state while the evaluation of this copy still runs."""
-        variables = {"params": state.params}
+    def snapshot(carry):
+        """A copy of the variables the evaluation reads (the average of the parameters, or
+        the parameters): the next train step may then donate the carry while the evaluation
+        of this copy still runs."""
+        state, average = carry
+        variables = {"params": state.params if average is None else average}
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
         return jax.tree.map(jnp.copy, variables)
@@ -145,16 +159,16 @@ def jax_worker(args) -> None:
     x_tr, y_tr = shape((n_train, 28, 28), jnp.uint8), shape((n_train,), jnp.uint8)
     x_te, y_te = shape((eval_batch, 28, 28), jnp.uint8), shape((eval_batch,), jnp.uint8)
     compiled = {}  # the evaluation compiles in a thread, alongside the train step
-    copied = jax.eval_shape(snapshot, state)
+    copied = jax.eval_shape(snapshot, carry)
     compiler = threading.Thread(target=lambda: compiled.update(
-        snapshot=jax.jit(snapshot).lower(state).compile(),
+        snapshot=jax.jit(snapshot).lower(carry).compile(),
         evaluate=jax.jit(correct).lower(copied, x_te, y_te).compile()))
     compiler.start()
     if args.loop == "scan":
         chunk = jax.jit(train_chunk, donate_argnums=0)  # compiled per chunk length, on first use
     else:
         one = jax.jit(train_one, donate_argnums=0).lower(
-            state, x_tr, y_tr, shape((bs,), jnp.int32)).compile()
+            carry, x_tr, y_tr, shape((bs,), jnp.int32)).compile()
     compiler.join()
     evaluate, snapshot = compiled["evaluate"], compiled["snapshot"]
     emit(event="compiled", t=time.perf_counter() - START)
@@ -195,16 +209,16 @@ def jax_worker(args) -> None:
                     perm = jax.device_put(perm)
             end = min(stop, (epoch + 1) * steps_per_epoch) - epoch * steps_per_epoch
             if args.loop == "scan":
-                state, _ = chunk(state, x_train, y_train, perm[offset:end])
+                carry, _ = chunk(carry, x_train, y_train, perm[offset:end])
             else:
                 for i in range(offset, end):
-                    state, _ = one(state, x_train, y_train, perm[i])
+                    carry, _ = one(carry, x_train, y_train, perm[i])
                     if pending and i % 4 == 0 and score(wait=False):
                         return
             done = epoch * steps_per_epoch + end
         if score(wait=True):  # an evaluation still running from the last point
             return
-        variables = snapshot(state)
+        variables = snapshot(carry)
         pending.append((done / steps_per_epoch,
                         [evaluate(variables, x, y) for x, y in test_chunks]))
         # background: the steps that follow are dispatched while this evaluation runs, on
@@ -267,7 +281,8 @@ def run_one(cmd: list[str], env=None) -> dict:
 def recipe_args(args) -> list[str]:
     return ["--model", args.model, "--batch", str(args.batch), "--lr", str(args.lr),
             "--schedule", args.schedule, "--warmup", str(args.warmup),
-            "--epochs", str(args.epochs), "--evals-per-epoch", str(args.evals_per_epoch),
+            "--epochs", str(args.epochs), "--average", str(args.average),
+            "--evals-per-epoch", str(args.evals_per_epoch),
             "--target", str(args.target), "--data-dir", str(args.data_dir)]
 
 
@@ -296,8 +311,11 @@ def main(argv=None) -> None:
                                                                    "constant"))
     parser.add_argument("--warmup", type=float, default=0.2,
                         help="one-cycle: fraction of the steps spent rising to the peak")
-    parser.add_argument("--epochs", type=float, default=2.5,
+    parser.add_argument("--epochs", type=float, default=3.0,
                         help="length of the schedule (runs stop at the target)")
+    parser.add_argument("--average", type=float, default=0.998,
+                        help="decay of the moving average of the parameters that is evaluated "
+                             "(jaxcnn.train.ema_update); 0 evaluates the parameters themselves")
     parser.add_argument("--evals-per-epoch", type=int, default=4)
     parser.add_argument("--target", type=float, default=0.99)
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
@@ -319,6 +337,9 @@ def main(argv=None) -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not 0.0 <= args.average < 1.0:
+        parser.error(f"--average {args.average}: the decay must be in [0, 1) (0.998 averages "
+                     f"over about the last 500 steps; 0 turns averaging off)")
     missing = missing_mnist_files(args.data_dir)
     if missing:
         parser.error(f"--data-dir {args.data_dir} lacks {', '.join(missing)}: point it at a "
@@ -329,8 +350,10 @@ def main(argv=None) -> None:
         return
 
     print(f"load average (1, 5, 15 min) at start: {load()}", flush=True)
+    evaluated = (f"a moving average (decay {args.average}) of the parameters" if args.average
+                 else "the parameters")
     print(f"recipe: {args.model}, batch {args.batch}, Adam, {args.schedule} schedule peaking at "
-          f"lr {args.lr} over {args.epochs} epochs, test evaluation every "
+          f"lr {args.lr} over {args.epochs} epochs, evaluating {evaluated} every "
           f"1/{args.evals_per_epoch} epoch, target {args.target:.1%} on the 10,000 test images; "
           f"jaxcnn loop: {args.loop}, evaluation: {args.eval}, nonfinite={args.nonfinite!r}, "
           f"malloc tuning {args.malloc_tuning}; "
