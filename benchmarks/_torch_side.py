@@ -320,12 +320,15 @@ def main() -> None:
     t.add_argument("--schedule", default="onecycle", choices=("onecycle", "cosine", "constant"))
     t.add_argument("--warmup", type=float, default=0.2)
     t.add_argument("--epochs", type=float, default=3)
-    t.add_argument("--average", type=float, default=0.0)
+    t.add_argument("--average", type=float, default=0.998,
+                   help="decay of the evaluated moving average of the parameters; 0: none")
     t.add_argument("--evals-per-epoch", type=int, default=4)
     t.add_argument("--target", type=float, default=0.99)
     t.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     t.add_argument("--data-dir", required=True)
     args = parser.parse_args()
+    if args.mode == "tta" and not 0.0 <= args.average < 1.0:
+        parser.error(f"--average {args.average}: the decay must be in [0, 1)")
     if args.mode == "serve":
         serve(setup_trainer)
     else:

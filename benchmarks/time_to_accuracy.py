@@ -41,8 +41,8 @@ C1's kernel gradient changed its float32 rounding (9 of 10), and the 2.5-epoch c
 0-9 at 2.5 epochs, with an evaluation every 1/8 epoch (one process scoring the parameters
 and averages of several decays side by side), the averages reached 99% sooner: decay 0.998
 at 1.57 epochs on average against 2.05 for the parameters, but seed 2's average too ended at
-98.9%; over 3 epochs the average at 0.998 reached 99% in 10 of 10 at 1.65 epochs, ended at
-99.10-99.28%, and was at or above 99.08% in every seed from 2.25 epochs on (the parameters:
+98.96%; over 3 epochs the average at 0.998 reached 99% in 10 of 10 at 1.65 epochs, ended at
+99.10-99.24%, and was at or above 99.07% in every seed from 2.25 epochs on (the parameters:
 2.21 epochs, ending at 99.08-99.24%). Decays 0.99, 0.995 and 0.999 reached 99% at 1.92, 1.74
 and 1.76 epochs over those 3-epoch runs. Earlier, without the average (jaxcnn only, 5 seeds
 each): peak 2e-3 over 2 epochs 4 of 5, 2.5e-3 over 2.25 epochs 5 of 5 (13.8 s), batch 32 at

@@ -57,9 +57,9 @@ def test_the_evaluated_average_lags_the_parameters_and_average_0_evaluates_them(
     assert all(a != r for (_, a), (_, r) in zip(averaged, raw))
 
 
-def test_a_decay_outside_0_to_1_is_refused(shared_data):
+def test_a_decay_outside_0_to_1_is_refused(tmp_path):  # before the data folder is read
     done = subprocess.run([sys.executable, str(SCRIPT), "--no-torch", "--average", "1",
-                           "--data-dir", str(shared_data / "mnist")],
+                           "--data-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "--average 1.0: the decay must be in [0, 1)" in done.stderr
