@@ -29,25 +29,24 @@ the PyTorch script computes the same formula each step), and a test evaluation e
   ``$JAXCNN_TORCH_PYTHON``, default ``.venv-torch/bin/python``): the same network in
   channels_last, eager, ``torch.optim.Adam``, indexing the in-memory training tensors.
 
-The default recipe (batch 24, peak lr 3e-3, a 3-epoch cycle, 4 evaluations an epoch of a
-moving average of the parameters, decay 0.998: ``--average``, ``jaxcnn.train.ema_update``;
-Polyak and Juditsky 1992) is the fastest measured here that took jaxcnn to 99.0% in every
-seed tried, with room to spare: 20 of 20 over seeds 0-19 on 2026-12-02 (8.9 s mean on an
-unloaded Xeon, 99% at 1.70 epochs on average). Evaluating the parameters themselves leaves
-LeNet-5 at 98.9-99.2% at the end of such short cycles, so rounding decides marginal seeds:
-the 2-epoch cycle reached 10 of 10 over seeds 0-9 (seed 2 at 99.01%, seed 5 at 99.00%) until
-C1's kernel gradient changed its float32 rounding (9 of 10), and the 2.5-epoch cycle, 10 of
-10 on the machine of the earlier runs, reached 9 of 10 on this Xeon (seed 2 peaked at 98.96%). Over seeds
-0-9 at 2.5 epochs, with an evaluation every 1/8 epoch (one process scoring the parameters
-and averages of several decays side by side), the averages reached 99% sooner: decay 0.998
-at 1.57 epochs on average against 2.05 for the parameters, but seed 2's average too ended at
-98.96%; over 3 epochs the average at 0.998 reached 99% in 10 of 10 at 1.65 epochs, ended at
-99.10-99.24%, and was at or above 99.07% in every seed from 2.25 epochs on (the parameters:
-2.21 epochs, ending at 99.08-99.24%). Decays 0.99, 0.995 and 0.999 reached 99% at 1.92, 1.74
-and 1.76 epochs over those 3-epoch runs. Earlier, without the average (jaxcnn only, 5 seeds
-each): peak 2e-3 over 2 epochs 4 of 5, 2.5e-3 over 2.25 epochs 5 of 5 (13.8 s), batch 32 at
-3e-3 3 of 5, batch 16 over 1.75 or 2 epochs 3 to 5 of 5 from run to run. Small batches cost
-eager PyTorch a Python dispatch per operation and jaxcnn one per step: that is the
+The default recipe (batch 24, peak lr 3e-3, a 3-epoch cycle, 4 evaluations an epoch of a moving
+average of the parameters, decay 0.998: ``--average``, ``jaxcnn.train.ema_update``; Polyak and
+Juditsky 1992) is the fastest measured here that took jaxcnn to 99.0% in every seed tried, well
+before the cycle ends: 20 of 20 over seeds 0-19 on 2026-12-02 (8.9 s mean on an unloaded Xeon,
+99% at 1.70 epochs on average). Evaluating the parameters themselves leaves LeNet-5 at
+98.9-99.2% at the end of such short cycles, so rounding decides marginal seeds: the 2-epoch
+cycle reached 10 of 10 over seeds 0-9 (seed 2 at 99.01%, seed 5 at 99.00%) until C1's kernel
+gradient changed its float32 rounding (9 of 10), and the 2.5-epoch cycle, 10 of 10 on the
+machine of the earlier runs, reached 9 of 10 on this Xeon (seed 2 peaked at 98.96%). Over seeds
+0-9 at 2.5 epochs, evaluating every 1/8 epoch (parameters and averages scored side by side), the
+averages reached 99% sooner: decay 0.998 at 1.57 epochs on average against 2.05 for the
+parameters, but seed 2's average too ended at 98.96%; over 3 epochs the average at 0.998 reached
+99% in 10 of 10 at 1.65 epochs, ended at 99.10-99.24%, and was at or above 99.07% in every seed
+from 2.25 epochs on (the parameters: 2.21 epochs, ending at 99.08-99.24%). Decays 0.99, 0.995
+and 0.999 reached 99% at 1.92, 1.74 and 1.76 epochs over those 3-epoch runs. Earlier, without
+the average (jaxcnn only, 5 seeds each): peak 2e-3 over 2 epochs 4 of 5, 2.5e-3 over 2.25 epochs
+5 of 5 (13.8 s), batch 32 at 3e-3 3 of 5, batch 16 over 1.75 or 2 epochs 3 to 5 of 5. Small
+batches cost eager PyTorch a Python dispatch per operation and jaxcnn one per step: that is the
 comparison. The PyTorch script averages its parameters with the same recurrence
 (``torch._foreach_lerp_``, what ``torch.optim.swa_utils.get_ema_multi_avg_fn`` does).
 

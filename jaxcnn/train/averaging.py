@@ -21,10 +21,10 @@ PyTree = Any
 def ema_update(average: PyTree, params: PyTree, decay: float | jax.Array) -> PyTree:
     """One step of the average: each leaf moves ``1 - decay`` of the way to ``params``.
 
-    ``decay`` in [0, 1): 0 gives ``params`` back (up to float rounding), values near 1 average over about
-    ``1 / (1 - decay)`` steps (0.998: the last 500). Start the average at the initial
-    parameters (``jax.tree.map(jnp.copy, params)``); the two trees must have the same structure
-    and shapes. Leaves keep their dtype.
+    ``decay`` in [0, 1): 0 gives ``params`` back (up to float rounding), values near 1
+    average over about ``1 / (1 - decay)`` steps (0.998: the last 500). Start the average at
+    the initial parameters (``jax.tree.map(jnp.copy, params)``); the two trees must have the
+    same structure and shapes. Leaves keep their dtype.
     """
     if not isinstance(decay, jax.Array) and not 0.0 <= decay < 1.0:
         raise ValueError(f"ema_update: decay must be in [0, 1), got {decay}; 0.998 averages "
