@@ -293,12 +293,10 @@ def tta(args) -> None:
             if args.average:  # running statistics, where the model has any, as they stand
                 for kept, current in zip(evaluated.buffers(), model.buffers()):
                     kept.copy_(current)
-            model.eval()
-            evaluated.eval()
+            evaluated.eval()  # the model itself where there is no average
             with torch.no_grad():
                 correct = sum(int((evaluated(prepare(xte[j:j + 2000])).argmax(1)
                                    == yte[j:j + 2000]).sum()) for j in range(0, len(xte), 2000))
-            model.train()
             evaluated.train()
             acc, where = correct / len(xte), (step + 1) / steps_per_epoch
             emit(event="eval", epoch=where, accuracy=acc, t=time.perf_counter() - START)
